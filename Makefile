@@ -1,0 +1,19 @@
+# The two user-facing commands. Both run scripts/setup.sh first, which installs whatever is
+# missing (ffmpeg, uv, the locked venv) and takes about a second when nothing is.
+#   make demo   generate two clips with a tiny random MusicGen (ARGS="--out DIR --seed N")
+#   make test   run the test suite (ARGS="-k foundation" to pass pytest options)
+SHELL := /bin/bash
+VENV ?= $(or $(AUDIOCRAFT_EXT_VENV),$(HOME)/.cache/audiocraft-ext/venv)
+export AUDIOCRAFT_EXT_VENV := $(VENV)
+ARGS ?=
+
+.PHONY: demo test setup
+
+demo: setup
+	$(VENV)/bin/audiocraft-ext demo $(ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+setup:
+	@bash scripts/setup.sh
