@@ -18,6 +18,12 @@ VENV="${AUDIOCRAFT_EXT_VENV:-$HOME/.cache/audiocraft-ext/venv}"
 export UV_PROJECT_ENVIRONMENT="$VENV"
 STAMP="$VENV/.audiocraft-ext-setup-ok"
 
+# uv uses its own CA roots unless told otherwise; on machines whose traffic goes through a proxy
+# with a private CA, that CA is only in the system bundle. Point uv at the system bundle.
+if [ -z "${SSL_CERT_FILE:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+fi
+
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -79,6 +85,7 @@ if [ -z "$UV" ]; then
     fi
     # Debian's own python3 refuses pip installs (PEP 668) unless told otherwise; uv is a
     # self-contained binary in the user site, so that is harmless.
+    export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
     python3 -m pip install -q "${pip_args[@]}" "uv==$UV_VERSION" 2>/dev/null ||
         python3 -m pip install -q "${pip_args[@]}" --break-system-packages "uv==$UV_VERSION"
     UV="$(python3 -c 'import uv; print(uv.find_uv_bin())')"
