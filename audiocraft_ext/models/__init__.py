@@ -1,0 +1,1 @@
+"""Models: the extended LM, its MusicGen wrapper, checkpoints and tiny test models."""

@@ -1,0 +1,168 @@
+"""ExtendedLMModel: a frozen MusicGen `LMModel` with N new transformer layers on top.
+
+Data flow of one forward pass (see docs/ARCHITECTURE.md)::
+
+    codes [B, K, S] --frozen emb--> x --frozen fuser(conditions)--> x, cross_src
+      --frozen base StreamingTransformer (eval, no grad)--> h
+      --new StreamingTransformer layers (trainable, zero-initialised residual branches)--> h'
+      --frozen out_norm, frozen per-codebook linears--> logits [B, K, S, card]
+
+`ExtendedLMModel` is an `LMModel`: it adopts the base's modules (no copy) and only swaps its
+`transformer` for `FrozenBaseWithExtension`, so `LMModel.forward`, `compute_predictions` and
+`generate` (with the KV cache of every layer) are AudioCraft's own, unchanged.
+"""
+import logging
+import typing as tp
+
+import torch
+from torch import nn
+
+from audiocraft.models.lm import LMModel
+from audiocraft.modules.streaming import StreamingModule
+from audiocraft.modules.transformer import StreamingTransformer
+
+from .layers import (BranchScale, base_layer_config, build_extension, check_extension_scale,
+                     resolve_layer_config)
+
+logger = logging.getLogger(__name__)
+
+# Plain attributes of `LMModel` (not modules) that an `ExtendedLMModel` shares with its base.
+_LM_ATTRIBUTES = ('cfg_coef', 'card', 'n_q', 'dim', 'pattern_provider', 'two_step_cfg')
+
+
+class FrozenBaseWithExtension(nn.Module):
+    """The base `StreamingTransformer`, run frozen, followed by the new layers.
+
+    Args:
+        base (StreamingTransformer): the base LM's transformer; always in eval mode, run under
+            `torch.no_grad()` so none of its activations is kept for backward.
+        extension (StreamingTransformer): the new layers, trained.
+    """
+    def __init__(self, base: StreamingTransformer, extension: StreamingTransformer):
+        super().__init__()
+        self.base = base
+        self.extension = extension
+
+    def forward(self, x: torch.Tensor, cross_attention_src: tp.Optional[torch.Tensor] = None,
+                src_mask: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Map `x` [B, S, D] (embedded, fused input) to `h'` [B, S, D]."""
+        with torch.no_grad():
+            hidden = self.base(x, cross_attention_src=cross_attention_src, src_mask=src_mask)  # [B, S, D]
+        extension_cross_src = cross_attention_src if self.extension.layers[0].cross_attention is not None else None
+        return self.extension(hidden, cross_attention_src=extension_cross_src)  # [B, S, D]
+
+    def train(self, mode: bool = True) -> 'FrozenBaseWithExtension':
+        super().train(mode)
+        self.base.eval()
+        return self
+
+
+class ExtendedLMModel(LMModel):
+    """A frozen `LMModel` with `num_additional_layers` new trainable layers on top.
+
+    The base's modules are adopted, not copied, and frozen in place (`requires_grad=False`).
+    At initialisation the logits equal the base's exactly: every residual branch of the new
+    layers ends in a zero-initialised linear. `cfg_dropout` and `att_dropout` still follow
+    `train()`/`eval()` so that classifier-free guidance is trained; the base transformer
+    always runs in eval mode.
+
+    Args:
+        base_lm (LMModel): pretrained MusicGen language model (pre-norm, as all released ones).
+        num_additional_layers (int): number of new layers N, a positive int.
+        extension_scale (float): strength of the new layers' residual branches; 0.0 gives the
+            base's logits exactly, 1.0 the extension as trained.
+        **layer_overrides: `StreamingTransformer` arguments that differ from the base's layers
+            (e.g. `num_heads`, `dim_feedforward`, `dropout`); see `base_layer_config`.
+    """
+    def __init__(self, base_lm: LMModel, num_additional_layers: int = 12,
+                 extension_scale: float = 1.0, **layer_overrides: tp.Any):
+        if isinstance(base_lm, ExtendedLMModel):
+            raise TypeError("base_lm is already an ExtendedLMModel: to keep extending it, export it first "
+                            "(`export_audiocraft`) and extend the exported model.")
+        if not isinstance(base_lm, LMModel):
+            raise TypeError(f"base_lm must be an audiocraft LMModel, got {type(base_lm).__name__}.")
+        if type(base_lm) is not LMModel:
+            raise TypeError(f"{type(base_lm).__name__} bases are not supported: only MusicGen's LMModel.")
+        if isinstance(num_additional_layers, bool) or not isinstance(num_additional_layers, int) \
+                or num_additional_layers <= 0:
+            raise ValueError(f"num_additional_layers must be a positive int, got {num_additional_layers!r}.")
+        StreamingModule.__init__(self)  # not LMModel.__init__: the modules come from the base.
+        base_lm.requires_grad_(False)
+        for name in _LM_ATTRIBUTES:
+            setattr(self, name, getattr(base_lm, name))
+        for name, module in base_lm.named_children():
+            if name != 'transformer':
+                self.add_module(name, module)
+        self.out_norm = base_lm.out_norm
+        self.__dict__['_fsdp'] = None
+        if hasattr(base_lm, 'cfg'):
+            self.cfg = base_lm.cfg
+
+        base_transformer = base_lm.transformer
+        self.layer_config = resolve_layer_config(base_layer_config(base_transformer), layer_overrides)
+        self.num_base_layers = len(base_transformer.layers)
+        self.num_additional_layers = num_additional_layers
+        reference = next(base_transformer.parameters())
+        extension = build_extension(self.layer_config, num_additional_layers, self.num_base_layers,
+                                    device=reference.device, dtype=reference.dtype)
+        self.transformer = FrozenBaseWithExtension(base_transformer, extension)
+        self.extension_scale = extension_scale
+        self.train(base_lm.training)
+
+    @property
+    def extension(self) -> StreamingTransformer:
+        """The new layers (the only trainable part)."""
+        return self.transformer.extension
+
+    @property
+    def base_transformer(self) -> StreamingTransformer:
+        return self.transformer.base
+
+    @property
+    def extension_scale(self) -> float:
+        """Strength of the new layers' residual branches (0.0 = base model, 1.0 = as trained)."""
+        return self._extension_scale
+
+    @extension_scale.setter
+    def extension_scale(self, scale: float) -> None:
+        self._extension_scale = check_extension_scale(scale)
+        for module in self.extension.modules():
+            if isinstance(module, BranchScale):
+                module.scale = self._extension_scale
+
+    @property
+    def extension_config(self) -> tp.Dict[str, tp.Any]:
+        """What rebuilds the new layers on the same base (stored in every checkpoint)."""
+        return {'num_additional_layers': self.num_additional_layers,
+                'layer_config': dict(self.layer_config),
+                'extension_scale': self.extension_scale}
+
+    def trainable_parameters(self) -> tp.List[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_counts(self) -> tp.Tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        return trainable, sum(p.numel() for p in self.parameters())
+
+    def print_trainable_parameters(self) -> str:
+        """Log and return e.g. 'trainable params: 1,024 || all params: 8,192 || trainable%: 12.5000'."""
+        trainable, total = self.parameter_counts()
+        line = (f"trainable params: {trainable:,} || all params: {total:,} || "
+                f"trainable%: {100 * trainable / total:.4f}")
+        print(line)
+        return line
+
+    def base_state_dict(self) -> tp.Dict[str, torch.Tensor]:
+        """State dict of the frozen base, with the keys of the original `LMModel`."""
+        prefix = 'transformer.base.'
+        return {('transformer.' + key[len(prefix):] if key.startswith(prefix) else key): value
+                for key, value in self.state_dict().items() if not key.startswith('transformer.extension.')}
+
+    def extension_state_dict(self) -> tp.Dict[str, torch.Tensor]:
+        """State dict of the new layers only (what training changes)."""
+        return self.extension.state_dict()
+
+    def load_extension_state_dict(self, state: tp.Mapping[str, torch.Tensor]) -> None:
+        """Load weights saved by `extension_state_dict`; the base is untouched."""
+        self.extension.load_state_dict(state)
