@@ -1,0 +1,79 @@
+"""Generation speed: ExtendedMusicGen vs its base MusicGen vs a stock MusicGen of L + N layers.
+
+All three are measured in the same run, on the same prompts and duration, alternating runs so
+that machine noise hits them alike. The limit for the extended model is the layer ratio
+(L + N) / L over the base; the stock L + N layer model (the extended model exported with
+`merged_musicgen`) is the direct baseline: same network, AudioCraft's own code.
+
+    python benchmarks/bench_generation.py            # CPU-sized (dim 256, 8 layers, N = 4)
+    python benchmarks/bench_generation.py --dim 1024 --layers 24 --heads 16 --new-layers 12 \
+        --card 2048 --device cuda                      # musicgen-small shapes on a GPU
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from audiocraft_ext import ExtendedMusicGen
+from audiocraft_ext.models.checkpoints import assemble_musicgen
+from audiocraft_ext.models.tiny import build_tiny_musicgen
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dim', type=int, default=256)
+    parser.add_argument('--layers', type=int, default=8)
+    parser.add_argument('--heads', type=int, default=8)
+    parser.add_argument('--new-layers', type=int, default=4)
+    parser.add_argument('--card', type=int, default=2048)
+    parser.add_argument('--duration', type=float, default=2.0, help='seconds of audio (50 tokens/s)')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--device', default='cpu')
+    return parser.parse_args()
+
+
+def tokens_per_second(model, prompts, duration: float) -> float:
+    model.set_generation_params(duration=duration, top_k=50)
+    steps = int(duration * model.frame_rate)
+    if model.device.type == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    attributes, _ = model._prepare_tokens_and_attributes(prompts, None)
+    model._generate_tokens(attributes, None, progress=False)
+    if model.device.type == 'cuda':
+        torch.cuda.synchronize()
+    return len(prompts) * steps / (time.perf_counter() - start)
+
+
+def main():
+    args = parse_args()
+    torch.manual_seed(0)
+    cpu_base = build_tiny_musicgen('text', dim=args.dim, num_layers=args.layers, num_heads=args.heads,
+                                   card=args.card)
+    base = assemble_musicgen('base', cpu_base.compression_model.to(args.device), cpu_base.lm.to(args.device))
+    extended = ExtendedMusicGen.from_base(base, num_additional_layers=args.new_layers)
+    stock = extended.merged_musicgen()
+    models = {'base (L)': base, 'extended (L + N)': extended, 'stock L + N': stock}
+    prompts = ['calm piano'] * args.batch
+    for model in models.values():  # warm-up
+        tokens_per_second(model, prompts, 0.2)
+    speeds = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            speeds[name].append(tokens_per_second(model, prompts, args.duration))
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    limit = (args.layers + args.new_layers) / args.layers
+    print(f"device={args.device} dim={args.dim} L={args.layers} N={args.new_layers} heads={args.heads} "
+          f"card={args.card} batch={args.batch} duration={args.duration}s repeats={args.repeats}")
+    print(f"{'model':<20}{'tokens/s':>10}{'slowdown vs base':>18}")
+    for name, value in median.items():
+        print(f"{name:<20}{value:>10.1f}{median['base (L)'] / value:>18.3f}")
+    slowdown = median['base (L)'] / median['extended (L + N)']
+    print(f"layer-ratio limit (L+N)/L = {limit:.3f}; extended slowdown / limit = {slowdown / limit:.3f}; "
+          f"extended vs stock L+N = {median['stock L + N'] / median['extended (L + N)']:.3f}x time")
+
+
+if __name__ == '__main__':
+    main()
