@@ -1,0 +1,1 @@
+"""Datasets for training: AudioCraft manifests with sidecar metadata, and a synthetic dataset."""

@@ -1,0 +1,248 @@
+"""ExtendedMusicGenSolver: AudioCraft's MusicGen solver, training only new layers on a frozen base.
+
+Everything `MusicGenSolver` does is kept (CFG and attribute dropout, codebook patterns, cross
+entropy and perplexity per codebook, autocast, the compression-token cache, the generate and
+evaluate stages, flashy logging); what changes:
+
+- `build_model`: the base comes from `pretrained_model_checkpoint` (its compression model too),
+  is frozen and wrapped by `ExtendedLMModel` with `extended_model.*`; the optimizer, EMA,
+  gradient clipping and LR schedule only ever see the new layers.
+- the `model` entry of the solver state (checkpoints, best state, EMA swaps) is the
+  extension's state dict; `base_model` records the base's reference and hash instead of its
+  weights, so checkpoints grow with N, not with the base.
+- checkpoints hold only tensors and plain containers, so they load with torch's default
+  `weights_only=True` (see `xp_checkpoints`).
+"""
+from contextlib import ExitStack
+from pathlib import Path
+import typing as tp
+from unittest import mock
+
+import omegaconf
+import torch
+
+from audiocraft.solvers import builders
+from audiocraft.solvers.musicgen import MusicGenSolver
+
+from ..models.checkpoints import weights_hash
+from ..models.extended_lm import ExtendedLMModel
+from . import xp_checkpoints
+from .xp_checkpoints import SIG_PREFIX, SOLVER_CHECKPOINT_FORMAT, TINY_PREFIX
+
+_MISSING_BASE = (
+    "pretrained_model_checkpoint is required: the frozen MusicGen to extend. Set it on the command "
+    "line, e.g. pretrained_model_checkpoint=facebook/musicgen-small (Hugging Face id), "
+    "pretrained_model_checkpoint=/path/to/exported_dir (state_dict.bin + compression_state_dict.bin), "
+    "pretrained_model_checkpoint=/path/to/checkpoint.th or pretrained_model_checkpoint=//sig/SIG.")
+
+
+class ExtensionStateSource:
+    """The `model` entry of the solver state: the new layers only (a flashy StateDictSource)."""
+    def __init__(self, lm: ExtendedLMModel):
+        self.lm = lm
+
+    def state_dict(self) -> tp.Dict[str, torch.Tensor]:
+        return self.lm.extension_state_dict()
+
+    def load_state_dict(self, state: tp.Mapping[str, torch.Tensor]) -> None:
+        if any(key.startswith(('transformer.', 'emb.', 'linears.', 'condition_provider.')) for key in state):
+            raise RuntimeError("This checkpoint holds a full language model, not an extension: to train "
+                               "new layers on it, pass it as pretrained_model_checkpoint instead of "
+                               "continue_from.")
+        self.lm.load_extension_state_dict(state)
+
+
+class BaseModelSource:
+    """The `base_model` entry: where the frozen base comes from and its hash, checked on load."""
+    def __init__(self, solver: 'ExtendedMusicGenSolver'):
+        self.solver = solver
+
+    def state_dict(self) -> tp.Dict[str, tp.Any]:
+        return {'format': SOLVER_CHECKPOINT_FORMAT, 'reference': self.solver.base_reference,
+                'hash': self.solver.base_hash, 'extension_config': self.solver.model.extension_config}
+
+    def load_state_dict(self, state: tp.Mapping[str, tp.Any]) -> None:
+        if state['hash'] != self.solver.base_hash:
+            raise RuntimeError(
+                f"The checkpoint's extension was trained on the base {state['reference']} (hash "
+                f"{state['hash']}), but this run's base {self.solver.base_reference} has hash "
+                f"{self.solver.base_hash}. Use the same pretrained_model_checkpoint, or a new dora.dir / "
+                "signature to start a new run.")
+        saved = state['extension_config']
+        current = self.solver.model.extension_config
+        for key in ('num_additional_layers', 'layer_config'):
+            if saved[key] != current[key]:
+                raise RuntimeError(f"The checkpoint's extension has {key}={saved[key]!r} but this run builds "
+                                   f"{current[key]!r}: set extended_model.* as in the checkpoint's run.")
+
+
+class ExtendedMusicGenSolver(MusicGenSolver):
+    """MusicGen solver that trains `extended_model.num_additional_layers` new layers on a frozen base.
+
+    Config keys on top of the MusicGen solver's (see configs/solver/extended_musicgen.yaml):
+        pretrained_model_checkpoint (str): the base (Hugging Face id, exported directory,
+            AudioCraft `checkpoint.th`, `ExtendedMusicGen.save` file, `//sig/SIG` of a previous
+            extended run to keep extending it, `//tiny/FLAVOUR` for debugging).
+        extended_model.num_additional_layers (int), extended_model.extension_scale (float),
+        extended_model.layer_overrides (dict): see `ExtendedLMModel`.
+        sample_rate, channels: null to take the base's, or checked against it.
+        classifier_free_guidance.training_dropout, .inference_coef: null to keep the base's.
+    """
+    def __init__(self, cfg: omegaconf.DictConfig):
+        self._base = None
+        self.base_reference: str = ''
+        self.base_hash: str = ''
+        super().__init__(cfg)
+
+    # ---- base model -------------------------------------------------------------------------
+    def _resolve_reference(self, reference: str) -> str:
+        """Absolute path for local files (Hydra changes the working directory), as is otherwise."""
+        if reference.startswith(SIG_PREFIX):
+            return str(xp_checkpoints.resolve_sig(reference))
+        if reference.startswith(TINY_PREFIX):
+            return reference
+        from dora import git_save
+        candidate = Path(git_save.to_absolute_path(str(Path(reference).expanduser())))
+        return str(candidate) if candidate.exists() else reference
+
+    def _load_base(self):
+        """Load the frozen base once, and fill `sample_rate`/`channels` from it (before datasets)."""
+        if self._base is not None:
+            return self._base
+        reference = self.cfg.get('pretrained_model_checkpoint')
+        if not reference:
+            raise ValueError(_MISSING_BASE)
+        self.base_reference = self._resolve_reference(str(reference))
+        self.logger.info("Loading the frozen base from %s", self.base_reference)
+        base = xp_checkpoints.load_base(self.base_reference, device=self.device)
+        base.lm.to(device=self.device, dtype=getattr(torch, self.cfg.dtype))
+        self.base_hash = weights_hash(base.lm.state_dict())
+        self.logger.info("Base hash: %s", self.base_hash)
+        channels = base.compression_model.channels
+        for key, value in (('sample_rate', base.sample_rate), ('channels', channels)):
+            if self.cfg.get(key) is None:
+                self._set_cfg(key, value)
+            elif self.cfg[key] != value:
+                raise ValueError(f"{key}={self.cfg[key]} but the base {self.base_reference} has {key}={value}: "
+                                 f"leave {key} unset (null) to use the base's.")
+        self._base = base
+        return base
+
+    def _set_cfg(self, key: str, value: tp.Any) -> None:
+        # Also on the Dora XP's config: the sample manager reads `xp.cfg.sample_rate`.
+        configs = [self.cfg]
+        if self.xp.cfg is not None and self.xp.cfg is not self.cfg:
+            configs.append(self.xp.cfg)
+        for cfg in configs:
+            with omegaconf.open_dict(cfg):
+                cfg[key] = value
+
+    def build_dataloaders(self) -> None:
+        self._load_base()
+        super().build_dataloaders()
+
+    def build_model(self) -> None:
+        """Frozen base + new layers; optimizer, EMA and schedule over the new layers only."""
+        if self.cfg.fsdp.use:
+            raise ValueError("fsdp.use=true is not supported by ExtendedMusicGenSolver: the frozen base is "
+                             "replicated and only the new layers train, synchronised by flashy as in "
+                             "AudioCraft's default (non-FSDP) distributed training. Set fsdp.use=false.")
+        base = self._load_base()
+        self.compression_model = base.compression_model.to(self.device).eval()
+        lm = base.lm
+        guidance = self.cfg.classifier_free_guidance
+        if guidance.get('training_dropout') is not None:
+            lm.cfg_dropout.p = float(guidance.training_dropout)
+        if guidance.get('inference_coef') is not None:
+            lm.cfg_coef = float(guidance.inference_coef)
+        with omegaconf.open_dict(self.cfg):  # what the generate stage records with each sample
+            self.cfg.classifier_free_guidance.training_dropout = float(lm.cfg_dropout.p)
+            self.cfg.classifier_free_guidance.inference_coef = float(lm.cfg_coef)
+        if lm.n_q != self.compression_model.num_codebooks or lm.card != self.compression_model.cardinality:
+            raise ValueError(f"The base LM models {lm.n_q} codebooks of {lm.card} tokens but its compression "
+                             f"model has {self.compression_model.num_codebooks} of "
+                             f"{self.compression_model.cardinality}.")
+        extended = self.cfg.extended_model
+        overrides = extended.get('layer_overrides')
+        overrides = {} if overrides is None else omegaconf.OmegaConf.to_container(overrides, resolve=True)
+        self.model: ExtendedLMModel = ExtendedLMModel(
+            lm, num_additional_layers=int(extended.num_additional_layers),
+            extension_scale=float(extended.extension_scale), **overrides).to(self.device)
+        trainable, total = self.model.parameter_counts()
+        self.logger.info("Base: %d layers (frozen); new layers: %d; trainable params: %s of %s (%.2f%%)",
+                         self.model.num_base_layers, self.model.num_additional_layers, f"{trainable:,}",
+                         f"{total:,}", 100 * trainable / total)
+        # EMA over the new layers only: its state swaps into the `model` entry below.
+        self._ema_sources['model'] = self.model.extension
+        self.optimizer = builders.get_optimizer(self.trainable_parameter_groups(), self.cfg.optim)
+        self.lr_scheduler = builders.get_lr_scheduler(self.optimizer, self.cfg.schedule, self.total_updates)
+        self.stateful.register('model', ExtensionStateSource(self.model))
+        self.stateful.register('base_model', BaseModelSource(self))
+        self.register_stateful('optimizer', 'lr_scheduler')
+        self.register_best_state('model')
+        # `base_model` is checked when continuing from another run's best state as well.
+        self._continue_best_source_keys = [*self._continue_best_source_keys, 'base_model']
+        self.autocast_dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}[self.cfg.autocast_dtype]
+        self.scaler: tp.Optional[torch.cuda.amp.GradScaler] = None
+        if self.cfg.autocast and self.autocast_dtype is torch.float16:
+            self.scaler = torch.amp.GradScaler('cuda')
+            self.register_stateful('scaler')
+
+    def trainable_parameter_groups(self) -> tp.List[dict]:
+        """AudioCraft's parameter groups (`make_optim_group`), keeping only trainable parameters.
+
+        `get_optim_parameter_groups` walks every module, frozen ones included (e.g. the base LM's
+        own group); an optimizer must never hold a frozen parameter (weight decay would still
+        change it), so those are filtered out and empty groups dropped.
+        """
+        groups = []
+        for group in builders.get_optim_parameter_groups(self.model):
+            params = [param for param in group['params'] if param.requires_grad]
+            if params:
+                groups.append({**group, 'params': params})
+        assert sum(p.numel() for g in groups for p in g['params']) == self.model.parameter_counts()[0]
+        return groups
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The solver state with plain containers only, loadable with `torch.load(weights_only=True)`."""
+        return xp_checkpoints.plain_state(super().state_dict())
+
+    def load_checkpoints(self, load_best: bool = False, ignore_state_keys: tp.List[str] = []) -> tp.Optional[dict]:
+        with ExitStack() as stack:
+            # AudioCraft checkpoints (continue_from) pickle OmegaConf objects: allow those classes only.
+            stack.enter_context(xp_checkpoints.allow_omegaconf_in_torch_load())
+            # AudioCraft's resolver imports `audiocraft.train`, which a pip install cannot import.
+            stack.enter_context(mock.patch('audiocraft.utils.checkpoint.resolve_checkpoint_path',
+                                           xp_checkpoints.resolve_checkpoint_path))
+            return super().load_checkpoints(load_best, ignore_state_keys)
+
+    def load_from_pretrained(self, name: str) -> dict:
+        raise ValueError("continue_from=//pretrained/... loads a full MusicGen; to extend a pretrained model "
+                         f"use pretrained_model_checkpoint={name} instead.")
+
+    def show(self) -> None:
+        super().show()
+        self.model.print_trainable_parameters()
+
+    @staticmethod
+    def get_eval_solver_from_sig(sig: str, dtype: tp.Optional[str] = None,
+                                 device: tp.Optional[str] = None, autocast: bool = True,
+                                 batch_size: tp.Optional[int] = None,
+                                 override_cfg: tp.Optional[tp.Union[dict, omegaconf.DictConfig]] = None,
+                                 **kwargs):
+        """Like `MusicGenSolver.get_eval_solver_from_sig`, through `audiocraft_ext.train`."""
+        from .. import train
+        ours: tp.Dict[str, tp.Any] = {'optim': {'ema': {'use': False}}, 'autocast': autocast}
+        if dtype is not None:
+            ours['dtype'] = dtype
+        if device is not None:
+            ours['device'] = device
+        if batch_size is not None:
+            ours['dataset'] = {'batch_size': batch_size}
+        override_cfg = omegaconf.OmegaConf.merge(omegaconf.DictConfig(override_cfg or {}),
+                                                 omegaconf.DictConfig(ours))
+        solver = train.get_solver_from_sig(sig, override_cfg=override_cfg, load_best=True,
+                                           disable_fsdp=True, ignore_state_keys=['optimizer', 'ema'], **kwargs)
+        solver.model.eval()
+        return solver

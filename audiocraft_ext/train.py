@@ -1,0 +1,184 @@
+"""Dora/Hydra entry point that trains extended MusicGen models (our `audiocraft.train`).
+
+`audiocraft.train` cannot be imported from a pip install (its `config/` tree is not
+installed), so this module is the same entry point over our own config tree
+(`audiocraft_ext/configs`, also reachable as `configs/` in the repository):
+
+    python -m audiocraft_ext.train solver=extended_musicgen_debug egs_root=egs/debug
+    python -m audiocraft_ext.train --config=solver/extended_musicgen \
+        pretrained_model_checkpoint=facebook/musicgen-small egs_root=egs/mydata dora.dir=outputs
+    dora -P audiocraft_ext run solver=extended_musicgen ...
+    dora -P audiocraft_ext grid extended_musicgen --dry_run --init
+
+`--config=GROUP/NAME` is shorthand for the Hydra override `GROUP=NAME`; `dora.dir=DIR` on the
+command line sets where experiments live (also `AUDIOCRAFT_EXT_DORA_DIR`).
+"""
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+import sys
+import typing as tp
+
+from dora import XP, git_save
+from dora.hydra import HydraMain
+import hydra
+import omegaconf
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
+
+
+def _use_our_teams_config() -> None:
+    """Point AudioCraft's environment at our teams config when its own is not installed."""
+    import importlib.util
+    spec = importlib.util.find_spec('audiocraft')
+    if spec is None or spec.origin is None:
+        return
+    theirs = Path(spec.origin).parent.parent / 'config' / 'teams'
+    if 'AUDIOCRAFT_CONFIG' not in os.environ and not theirs.exists():
+        os.environ['AUDIOCRAFT_CONFIG'] = str(CONFIG_DIR / 'teams' / 'default.yaml')
+
+
+_use_our_teams_config()
+
+
+def expand_config_flags(argv: tp.Sequence[str]) -> tp.List[str]:
+    """`--config=solver/NAME` or `--config solver/NAME` -> `solver=NAME` (any config group)."""
+    out: tp.List[str] = []
+    args = list(argv)
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        value = None
+        if arg.startswith('--config='):
+            value = arg[len('--config='):]
+        elif arg == '--config' and index + 1 < len(args):
+            index += 1
+            value = args[index]
+        if value is None:
+            out.append(arg)
+        else:
+            value = value[:-len('.yaml')] if value.endswith('.yaml') else value
+            group, sep, name = value.partition('/')
+            if not sep:
+                raise SystemExit(f"--config={value}: expected GROUP/NAME, e.g. --config=solver/extended_musicgen")
+            out.append(f'{group}={name}')
+        index += 1
+    return out
+
+
+class ExtMain(HydraMain):
+    """Dora's HydraMain, with `dora.dir=...` overrides honoured for the experiment folder."""
+    def get_xp(self, argv: tp.Sequence[str]) -> XP:
+        for arg in argv:
+            if arg.startswith('dora.dir='):
+                self.dora.dir = Path(arg.split('=', 1)[1]).expanduser().resolve()
+        return super().get_xp(argv)
+
+
+def resolve_config_dset_paths(cfg: omegaconf.DictConfig) -> None:
+    """Manifest paths relative to where the command started (Hydra moves into the XP folder)."""
+    for key, value in cfg.datasource.items():
+        if isinstance(value, str):
+            cfg.datasource[key] = git_save.to_absolute_path(value)
+
+
+def get_solver(cfg: omegaconf.DictConfig):
+    """The solver for `cfg`, with batch sizes divided across distributed workers."""
+    import flashy
+    from . import solvers
+    world_size = flashy.distrib.world_size()
+    if cfg.dataset.batch_size % world_size:
+        raise ValueError(f"dataset.batch_size={cfg.dataset.batch_size} is not divisible by the "
+                         f"{world_size} workers: it is the global batch size.")
+    cfg.dataset.batch_size //= world_size
+    for split in ['train', 'valid', 'evaluate', 'generate']:
+        if hasattr(cfg.dataset, split) and hasattr(cfg.dataset[split], 'batch_size'):
+            cfg.dataset[split].batch_size //= world_size
+    resolve_config_dset_paths(cfg)
+    return solvers.get_solver(cfg)
+
+
+def get_solver_from_xp(xp: XP, override_cfg: tp.Optional[tp.Union[dict, omegaconf.DictConfig]] = None,
+                       restore: bool = True, load_best: bool = True,
+                       ignore_state_keys: tp.List[str] = [], disable_fsdp: bool = True):
+    """The solver of a Dora XP, e.g. to evaluate or play with it from a notebook.
+
+    Args:
+        xp (XP): the experiment.
+        override_cfg (dict, optional): nested overrides of `xp.cfg` (not changing the signature).
+        restore (bool): restore the last checkpoint.
+        load_best (bool): load the best state.
+        ignore_state_keys (list of str): state entries not to load, e.g. 'optimizer'.
+        disable_fsdp (bool): kept for AudioCraft compatibility (our solver never uses FSDP).
+    """
+    cfg = xp.cfg
+    if override_cfg is not None:
+        cfg = omegaconf.OmegaConf.merge(cfg, omegaconf.DictConfig(override_cfg))
+    if disable_fsdp and cfg.fsdp.use:
+        cfg.fsdp.use = False
+    try:
+        with xp.enter():
+            solver = get_solver(cfg)
+            if restore:
+                solver.restore(load_best=load_best, ignore_state_keys=ignore_state_keys)
+        return solver
+    finally:
+        hydra.core.global_hydra.GlobalHydra.instance().clear()
+
+
+def get_solver_from_sig(sig: str, *args, **kwargs):
+    """The solver of the experiment with signature `sig` (see `get_solver_from_xp`)."""
+    xp = main.get_xp_from_sig(sig)
+    return get_solver_from_xp(xp, *args, **kwargs)
+
+
+def init_seed_and_system(cfg: omegaconf.DictConfig) -> None:
+    import random
+    import numpy as np
+    import torch
+    from audiocraft.modules.transformer import set_efficient_attention_backend
+    multiprocessing.set_start_method(cfg.mp_start_method, force=True)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.num_threads)
+    os.environ['MKL_NUM_THREADS'] = str(cfg.num_threads)
+    os.environ['OMP_NUM_THREADS'] = str(cfg.num_threads)
+    set_efficient_attention_backend(cfg.efficient_attention_backend)
+    if 'SLURM_JOB_ID' in os.environ:
+        tmpdir = Path('/scratch/slurm_tmpdir/' + os.environ['SLURM_JOB_ID'])
+        if tmpdir.exists():
+            os.environ['TMPDIR'] = str(tmpdir)
+
+
+def _main(cfg: omegaconf.DictConfig):
+    import flashy
+    init_seed_and_system(cfg)
+    log_name = '%s.log.{rank}' % cfg.execute_only if cfg.execute_only else 'solver.log.{rank}'
+    flashy.setup_logging(level=str(cfg.logging.level).upper(), log_name=log_name)
+    flashy.distrib.init()  # nothing to set: Dora passes the distributed settings
+    solver = get_solver(cfg)
+    if cfg.show:
+        solver.show()
+        return
+    if cfg.execute_only:
+        if not (cfg.execute_inplace or cfg.continue_from is not None):
+            raise ValueError("execute_only needs continue_from=<sig or path> (or execute_inplace=true).")
+        solver.restore(replay_metrics=False)
+        solver.run_one_stage(cfg.execute_only)
+        return
+    return solver.run()
+
+
+_main.__module__ = __name__
+# Hydra 1.3 semantics: the working directory stays where the command started (relative paths
+# in overrides mean what the user expects); experiment files go to the XP folder anyway.
+main = ExtMain(_main, config_name='config', config_path=str(CONFIG_DIR), version_base='1.3')
+main.dora.dir = Path(main.dora.dir).expanduser().resolve()
+
+if __name__ == '__main__':
+    sys.argv[1:] = expand_config_flags(sys.argv[1:])
+    main()
