@@ -5,6 +5,7 @@ Every generation mode is `MusicGen`'s own (`generate`, `generate_unconditional`,
 `two_step_cfg`, progress callbacks): only loading, saving and the `extension_scale` knob are new.
 """
 from pathlib import Path
+import threading
 import typing as tp
 
 from omegaconf import OmegaConf
@@ -18,6 +19,7 @@ from .checkpoints import (EXTENDED_FORMAT, EXTENDED_FORMAT_VERSION, CheckpointEr
                           build_compression_model, build_lm, compression_package, is_extended_package,
                           load_base_musicgen, read_torch_file, weights_hash)
 from .extended_lm import ExtendedLMModel
+from .inputs import check_descriptions, check_duration, check_waveform
 from .layers import base_layer_config, residual_branch_outputs, resolve_layer_config
 
 
@@ -44,6 +46,7 @@ class ExtendedMusicGen(MusicGen):
         if not isinstance(lm, ExtendedLMModel):
             raise TypeError(f"lm must be an ExtendedLMModel, got {type(lm).__name__}: "
                             "use ExtendedMusicGen.from_base to extend a MusicGen.")
+        self._generation_lock = threading.Lock()
         super().__init__(name, compression_model, lm, max_duration)
         self.base_reference = base_reference
         self.base_hash = base_hash or weights_hash(lm.base_state_dict())
@@ -122,9 +125,51 @@ class ExtendedMusicGen(MusicGen):
     def set_generation_params(self, *args: tp.Any, extension_scale: tp.Optional[float] = None,
                               **kwargs: tp.Any) -> None:
         """`MusicGen.set_generation_params`, plus `extension_scale` (0.0 = base, 1.0 = as trained)."""
+        check_duration('duration', kwargs.get('duration'))
+        check_duration('extend_stride', kwargs.get('extend_stride'))
+        if kwargs.get('extend_stride', 0) >= self.max_duration:
+            raise ValueError(f"extend_stride={kwargs['extend_stride']} must be shorter than the model's "
+                             f"max_duration ({self.max_duration} s).")
         super().set_generation_params(*args, **kwargs)
         if extension_scale is not None:
             self.extension_scale = extension_scale
+
+    def generate(self, descriptions: tp.List[tp.Optional[str]], progress: bool = False,
+                 return_tokens: bool = False):
+        check_descriptions(descriptions)
+        return super().generate(descriptions, progress=progress, return_tokens=return_tokens)
+
+    def generate_continuation(self, prompt: torch.Tensor, prompt_sample_rate: int,
+                              descriptions: tp.Optional[tp.List[tp.Optional[str]]] = None,
+                              progress: bool = False, return_tokens: bool = False):
+        check_waveform('prompt', prompt, prompt_sample_rate, max_seconds=self.duration)
+        if descriptions is not None:
+            check_descriptions(descriptions)
+            batch = prompt.shape[0] if prompt.dim() == 3 else 1
+            if len(descriptions) != batch:
+                raise ValueError(f"{len(descriptions)} descriptions for {batch} prompt(s): give one per prompt.")
+        return super().generate_continuation(prompt, prompt_sample_rate, descriptions, progress=progress,
+                                             return_tokens=return_tokens)
+
+    def generate_with_chroma(self, descriptions: tp.List[tp.Optional[str]], melody_wavs: tp.Any,
+                             melody_sample_rate: int, progress: bool = False, return_tokens: bool = False):
+        check_descriptions(descriptions)
+        melodies = [melody_wavs] if isinstance(melody_wavs, torch.Tensor) else list(melody_wavs)
+        for index, melody in enumerate(melodies):
+            if melody is not None:
+                check_waveform(f'melody_wavs[{index}]', melody, melody_sample_rate)
+        count = melody_wavs.shape[0] if isinstance(melody_wavs, torch.Tensor) and melody_wavs.dim() == 3 \
+            else len(melodies)
+        if count != len(descriptions):
+            raise ValueError(f"{count} melodies for {len(descriptions)} descriptions: give one per description "
+                             "(None for no melody).")
+        return super().generate_with_chroma(descriptions, melody_wavs, melody_sample_rate, progress=progress,
+                                            return_tokens=return_tokens)
+
+    def _generate_tokens(self, *args: tp.Any, **kwargs: tp.Any) -> torch.Tensor:
+        # The layers' streaming state (KV caches) lives in the modules: one generation at a time.
+        with self._generation_lock:
+            return super()._generate_tokens(*args, **kwargs)
 
     def save(self, path: tp.Union[str, Path], include_base: bool = True) -> Path:
         """Write a file `get_pretrained` loads, atomically.

@@ -1,0 +1,45 @@
+"""Checks on generation inputs, so bad input fails early with a message that says what to fix.
+
+AudioCraft's own checks are bare `assert`s deep inside generation (or none: a NaN prompt
+silently gives NaN codes); these run before any work is done.
+"""
+import math
+import typing as tp
+
+import torch
+
+
+def check_duration(name: str, value: tp.Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} is not a positive number of seconds.")
+
+
+def check_descriptions(descriptions: tp.Any, allow_none_items: bool = True) -> None:
+    if isinstance(descriptions, str) or not isinstance(descriptions, (list, tuple)):
+        raise TypeError(f"descriptions must be a list of strings, got {type(descriptions).__name__}: "
+                        "wrap a single prompt in a list, e.g. ['calm piano'].")
+    if not descriptions:
+        raise ValueError("descriptions is empty: give at least one prompt "
+                         "(use generate_unconditional(num_samples) for no text).")
+    for index, description in enumerate(descriptions):
+        if not isinstance(description, str) and not (allow_none_items and description is None):
+            raise TypeError(f"descriptions[{index}] is {type(description).__name__}, expected a string.")
+
+
+def check_waveform(name: str, wav: tp.Any, sample_rate: tp.Any, max_seconds: tp.Optional[float] = None) -> None:
+    """A waveform given as [C, T] or [B, C, T]: finite, non-empty, at a positive sample rate."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"{name} sample rate must be a positive int, got {sample_rate!r}.")
+    if not isinstance(wav, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [B, C, T] or [C, T], got {type(wav).__name__}.")
+    if wav.dim() not in (2, 3) or wav.shape[-1] == 0 or wav.shape[-2] not in (1, 2):
+        raise ValueError(f"{name} has shape {list(wav.shape)}; expected [B, C, T] or [C, T] with C = 1 or 2 "
+                         "channels and T > 0 samples.")
+    if not torch.isfinite(wav).all():
+        raise ValueError(f"{name} contains NaN or infinite samples: clean the waveform first.")
+    seconds = wav.shape[-1] / sample_rate
+    if max_seconds is not None and seconds > max_seconds:
+        raise ValueError(f"{name} lasts {seconds:.2f} s, longer than the {max_seconds:.2f} s to generate: "
+                         "trim it or raise duration with set_generation_params(duration=...).")
