@@ -86,6 +86,10 @@ class ExtendedLMModel(LMModel):
         if isinstance(num_additional_layers, bool) or not isinstance(num_additional_layers, int) \
                 or num_additional_layers <= 0:
             raise ValueError(f"num_additional_layers must be a positive int, got {num_additional_layers!r}.")
+        # Validate every argument before touching the base, so a refused call leaves it as it was.
+        check_extension_scale(extension_scale)
+        base_transformer = base_lm.transformer
+        layer_config = resolve_layer_config(base_layer_config(base_transformer), layer_overrides)
         StreamingModule.__init__(self)  # not LMModel.__init__: the modules come from the base.
         base_lm.requires_grad_(False)
         for name in _LM_ATTRIBUTES:
@@ -98,8 +102,7 @@ class ExtendedLMModel(LMModel):
         if hasattr(base_lm, 'cfg'):
             self.cfg = base_lm.cfg
 
-        base_transformer = base_lm.transformer
-        self.layer_config = resolve_layer_config(base_layer_config(base_transformer), layer_overrides)
+        self.layer_config = layer_config
         self.num_base_layers = len(base_transformer.layers)
         self.num_additional_layers = num_additional_layers
         reference = next(base_transformer.parameters())

@@ -1,0 +1,141 @@
+"""Shared fixtures and helpers for the extended-model tests.
+
+Everything runs on tiny but real MusicGens built by AudioCraft's own builders
+(`audiocraft_ext.models.tiny`): 16 kHz, 50 frames/s, no download. Building one takes well under
+a second, so tests that mutate a model build their own; exported directories on disk are
+built once per session and must be treated as read-only (copy them before changing them).
+"""
+import hashlib
+from pathlib import Path
+import random
+import typing as tp
+
+import pytest
+import torch
+
+from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, offline_demucs, save_exported
+
+FRAMES = 12  # time steps of random codes used for logits comparisons (0.24 s at 50 frames/s)
+
+
+def perturb_extension(lm, seed: int = 1, std: float = 0.05) -> None:
+    """Add gaussian noise to every parameter of the new layers (deterministic from `seed`).
+
+    New layers start with zero residual branches (identity); after this they change the logits.
+    Noise is added (not drawn from scratch) so LayerNorm weights stay close to 1.
+    """
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        for parameter in lm.extension.parameters():
+            parameter.add_(torch.randn_like(parameter) * std)
+
+
+def melody_wav(sample_rate: int = 16000, seconds: float = 0.5, freq: float = 220.0) -> torch.Tensor:
+    """A [1, T] sine, usable as a melody for the chroma conditioner."""
+    t = torch.arange(int(seconds * sample_rate), dtype=torch.float32) / sample_rate
+    return 0.5 * torch.sin(2 * torch.pi * freq * t)[None]
+
+
+def make_attributes(model, batch: int = 2):
+    """Conditions as MusicGen builds them for generation (text, plus a melody for melody models)."""
+    descriptions = [f'tiny prompt {i}' for i in range(batch)]
+    if 'self_wav' in model.lm.condition_provider.conditioners:
+        melodies = [melody_wav(model.sample_rate, freq=220.0 * (i + 1)) for i in range(batch)]
+        attributes, _ = model._prepare_tokens_and_attributes(descriptions, None, melody_wavs=melodies)
+    else:
+        attributes, _ = model._prepare_tokens_and_attributes(descriptions, None)
+    return attributes
+
+
+def random_codes(lm, batch: int = 2, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, lm.card, (batch, lm.num_codebooks, frames), generator=generator)
+
+
+def _module_digest(module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+_CONDITION_CACHE: tp.Dict[tp.Any, tp.Any] = {}
+
+
+@torch.no_grad()
+def condition_tensors(model, batch: int = 2):
+    """`model.lm`'s condition tensors for `make_attributes(model, batch)`, as `LMModel.forward` computes
+    them in eval mode (tokenize + condition provider).
+
+    Cached by the condition provider's weights: the melody conditioner runs demucs, which takes
+    seconds on CPU, and every tiny base of one flavour and seed has the same conditioners.
+    Python's `random` is seeded around the computation because demucs' `apply_model` draws a
+    random time shift from it.
+    """
+    provider = model.lm.condition_provider
+    key = (batch, 'self_wav' in provider.conditioners, _module_digest(provider))
+    if key not in _CONDITION_CACHE:
+        attributes = make_attributes(model, batch)
+        state = random.getstate()
+        random.seed(0)
+        try:
+            _CONDITION_CACHE[key] = provider(provider.tokenize(attributes))
+        finally:
+            random.setstate(state)
+    return _CONDITION_CACHE[key]
+
+
+@torch.no_grad()
+def lm_logits(lm, conditions, codes: torch.Tensor) -> torch.Tensor:
+    """`compute_predictions` logits in eval mode, invalid (NaN) positions set to 0 for comparisons.
+
+    `conditions` is a list of `ConditioningAttributes` (the full path) or precomputed condition
+    tensors (a dict, see `condition_tensors`).
+    """
+    was_training = lm.training
+    lm.eval()
+    state = random.getstate()
+    random.seed(0)
+    try:
+        if isinstance(conditions, dict):
+            out = lm.compute_predictions(codes, [], condition_tensors=conditions)
+        else:
+            out = lm.compute_predictions(codes, conditions)
+    finally:
+        random.setstate(state)
+        lm.train(was_training)
+    return out.logits.nan_to_num()
+
+
+def model_logits(model, batch: int = 2, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
+    """Logits of a (Extended)MusicGen on fixed random codes and fixed conditions."""
+    return lm_logits(model.lm, condition_tensors(model, batch), random_codes(model.lm, batch, frames, seed))
+
+
+def file_digests(directory: Path) -> tp.Dict[str, str]:
+    """sha256 of every file under `directory` (names relative to it)."""
+    directory = Path(directory)
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='session')
+def exported_bases(tmp_path_factory) -> tp.Dict[str, Path]:
+    """flavour -> a directory in AudioCraft's exported layout of the tiny base (seed 0). Read-only."""
+    root = tmp_path_factory.mktemp('exported_bases')
+    return {flavour: save_exported(build_tiny_musicgen(flavour, seed=0), root / flavour)
+            for flavour in FLAVOURS}
+
+
+@pytest.fixture(scope='session')
+def other_text_base(tmp_path_factory) -> Path:
+    """The tiny text base with another seed (different weights), exported. Read-only."""
+    return save_exported(build_tiny_musicgen('text', seed=1), tmp_path_factory.mktemp('other_base'))
+
+
+@pytest.fixture
+def demucs_offline():
+    """Use around anything that builds a melody model's chroma conditioner."""
+    with offline_demucs():
+        yield
