@@ -154,7 +154,7 @@ def init_seed_and_system(cfg: omegaconf.DictConfig) -> None:
             os.environ['TMPDIR'] = str(tmpdir)
 
 
-def _main(cfg: omegaconf.DictConfig):
+def main(cfg: omegaconf.DictConfig):
     import flashy
     init_seed_and_system(cfg)
     log_name = '%s.log.{rank}' % cfg.execute_only if cfg.execute_only else 'solver.log.{rank}'
@@ -173,10 +173,9 @@ def _main(cfg: omegaconf.DictConfig):
     return solver.run()
 
 
-_main.__module__ = __name__
 # Hydra 1.3 semantics: the working directory stays where the command started (relative paths
 # in overrides mean what the user expects); experiment files go to the XP folder anyway.
-main = ExtMain(_main, config_name='config', config_path=str(CONFIG_DIR), version_base='1.3')
+main = ExtMain(main, config_name='config', config_path=str(CONFIG_DIR), version_base='1.3')
 main.dora.dir = Path(main.dora.dir).expanduser().resolve()
 
 if __name__ == '__main__':

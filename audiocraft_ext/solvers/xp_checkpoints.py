@@ -62,7 +62,10 @@ def plain_state(state: tp.Any) -> tp.Any:
 
 
 def dora_dir() -> Path:
-    """The Dora folder of `python -m audiocraft_ext.train` (where `//sig/SIG` experiments live)."""
+    """Where `//sig/SIG` experiments live: the running XP's Dora folder, else our entry point's."""
+    import dora
+    if dora.is_xp():
+        return Path(dora.get_xp().dora.dir)
     from .. import train
     return Path(train.main.dora.dir)
 

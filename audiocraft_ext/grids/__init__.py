@@ -1,0 +1,1 @@
+"""Dora grids: `dora -P audiocraft_ext grid NAME` runs `audiocraft_ext/grids/NAME.py`."""

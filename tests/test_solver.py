@@ -1,0 +1,184 @@
+"""ExtendedMusicGenSolver, run in-process through Dora exactly as `python -m audiocraft_ext.train` does.
+
+Each run trains a tiny base (exported to disk like a Hugging Face snapshot) for 2 epochs of
+2 updates on a few synthetic 1.5 s tones: a couple of seconds per run.
+"""
+from pathlib import Path
+import shutil
+import typing as tp
+
+import pytest
+import torch
+
+from audiocraft_ext import train
+from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
+from audiocraft_ext.models.checkpoints import weights_hash
+from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
+from audiocraft_ext.models.tiny import build_tiny_musicgen
+from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint, load_base
+
+
+@pytest.fixture(scope='module')
+def egs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('data')
+    write_synthetic_audio(root / 'audio', num_files=6, duration=1.5)
+    prepare_data(root / 'audio', root / 'egs', captions=root / 'audio' / 'captions.csv')
+    return root / 'egs'
+
+
+@pytest.fixture(scope='module')
+def dora_dir(tmp_path_factory) -> tp.Iterator[Path]:
+    """Experiments of this module live in a temporary Dora folder."""
+    folder = tmp_path_factory.mktemp('dora')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.main.dora, 'dir', folder)
+        yield folder
+
+
+@pytest.fixture(scope='module')
+def trained(exported_bases, egs, dora_dir):
+    """One debug run (2 epochs, EMA on) on the exported tiny text base, shared by several tests."""
+    return run_xp(debug_argv(exported_bases['text'], egs, 'optim.ema.use=true', 'optim.ema.updates=1'))
+
+
+def make_solver(argv: tp.List[str], restore: bool = False):
+    """The solver of the XP `argv` (as `python -m audiocraft_ext.train *argv` builds it)."""
+    xp = train.main.get_xp(argv)
+    train.main.init_xp(xp)
+    with xp.enter():
+        solver = train.get_solver(xp.cfg)
+        if restore:
+            solver.restore(replay_metrics=False)
+    return xp, solver
+
+
+def run_xp(argv: tp.List[str]):
+    xp = train.main.get_xp(argv)
+    train.main.init_xp(xp)
+    with xp.enter():
+        solver = train.get_solver(xp.cfg)
+        solver.run()
+    return xp, solver
+
+
+def debug_argv(base: tp.Any, egs: Path, *extra: str) -> tp.List[str]:
+    return ['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={base}', f'egs_root={egs}', *extra]
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path)  # torch's default weights_only=True: our checkpoints need nothing more
+
+
+def test_trains_only_the_new_layers(exported_bases, trained):
+    base_dir = exported_bases['text']
+    xp, solver = trained
+    lm = solver.model
+    checkpoint = xp.folder / 'checkpoint.th'
+    state = load_checkpoint(checkpoint)
+
+    # Checkpoints: the extension, never the base; reference + hash of the base instead.
+    extension_keys = set(lm.extension_state_dict())
+    assert set(state['model']) == extension_keys
+    assert set(state['best_state']['model']) == extension_keys
+    assert state['base_model']['reference'] == str(base_dir)
+    assert state['base_model']['hash'] == weights_hash(build_tiny_musicgen('text', seed=0).lm.state_dict())
+    assert state['base_model']['extension_config']['num_additional_layers'] == 2
+    base_bytes = sum(t.numel() * t.element_size() for t in lm.base_state_dict().values())
+    extension_bytes = sum(t.numel() * t.element_size() for t in lm.extension_state_dict().values())
+    # model + best state + EMA + 2 AdamW moments of the extension, small metadata; no base copy.
+    assert checkpoint.stat().st_size < 5 * extension_bytes + 64_000 < 5 * extension_bytes + base_bytes
+    assert len(state['history']) == 2
+
+    # Only the extension changed: the base is bit-identical to the file it came from.
+    fresh = build_tiny_musicgen('text', seed=0).lm.state_dict()
+    for key, value in lm.base_state_dict().items():
+        assert torch.equal(value, fresh[key]), key
+    changed = [name for name, p in lm.extension.named_parameters() if p.abs().sum() > 0 and 'out_proj' in name]
+    assert changed, "the zero-initialised residual outputs should have moved"
+
+    # The optimizer holds exactly the trainable parameters.
+    optimized = {id(p) for group in solver.optimizer.param_groups for p in group['params']}
+    assert optimized == {id(p) for p in lm.trainable_parameters()}
+    assert all(not p.requires_grad for p in lm.base_transformer.parameters())
+
+    # Generate stage wrote samples.
+    assert list((xp.folder / 'samples').rglob('*.wav'))
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_epoch(exported_bases, egs, dora_dir):
+    argv = debug_argv(exported_bases['text'], egs, 'label=resume')
+    xp, _ = run_xp(argv)
+    first_history = load_checkpoint(xp.folder / 'checkpoint.th')['history']
+    # Interrupted after epoch 1: only that epoch's checkpoint remains as the last one.
+    shutil.copy(xp.folder / 'checkpoint_1.th', xp.folder / 'checkpoint.th')
+    _, solver = make_solver(argv, restore=True)
+    assert solver.epoch == 2
+    assert torch.equal(next(iter(solver.model.extension_state_dict().values())),
+                       next(iter(load_checkpoint(xp.folder / 'checkpoint_1.th')['model'].values())))
+    xp2, solver = run_xp(argv)
+    assert xp2.sig == xp.sig
+    history = load_checkpoint(xp.folder / 'checkpoint.th')['history']
+    assert len(history) == 2
+    assert history[0] == first_history[0]  # replayed, not trained again
+    # A finished run does nothing more.
+    xp3, solver = run_xp(argv)
+    assert len(load_checkpoint(xp.folder / 'checkpoint.th')['history']) == 2
+
+
+def test_ema_best_state_and_export(trained, tmp_path):
+    xp, solver = trained
+    state = load_checkpoint(xp.folder / 'checkpoint.th')
+    # EMA over the new layers only; the best state is the EMA state of the best valid epoch.
+    assert set(state['ema']['state']) == {'model'}
+    assert set(state['ema']['state']['model']) == set(solver.model.extension_state_dict())
+    assert state['ema']['count'] > 0
+    # The exported model carries the best extension, on the same base.
+    model = extended_from_solver_checkpoint(f'//sig/{xp.sig}', device='cpu')
+    best = state['best_state']['model']
+    for key, value in model.lm.extension_state_dict().items():
+        assert torch.equal(value, best[key]), key
+    path = model.save(tmp_path / 'model.pt')
+    again = ExtendedMusicGen.get_pretrained(path, device='cpu')
+    assert again.base_hash == state['base_model']['hash']
+    # Keep extending: a run's sig as the base gives a plain MusicGen of L + N layers.
+    deeper = load_base(f'//sig/{xp.sig}', device='cpu')
+    assert len(deeper.lm.transformer.layers) == 2 + 2
+
+
+def test_keep_extending_from_sig(trained, egs):
+    xp, _ = trained
+    xp2, solver = make_solver(debug_argv(f'//sig/{xp.sig}', egs))
+    assert solver.model.num_base_layers == 4 and solver.model.num_additional_layers == 2
+
+
+def test_continue_from_another_run(trained, exported_bases, egs):
+    xp, _ = trained
+    state = load_checkpoint(xp.folder / 'checkpoint.th')
+    _, solver = make_solver(debug_argv(exported_bases['text'], egs, f'continue_from=//sig/{xp.sig}'))
+    solver.restore()
+    assert solver.epoch == 1  # a new run, initialised from the other run's best state
+    for key, value in solver.model.extension_state_dict().items():
+        assert torch.equal(value, state['best_state']['model'][key]), key
+
+
+def test_errors_are_clear(egs, dora_dir, exported_bases):
+    with pytest.raises(ValueError, match=r'pretrained_model_checkpoint is required.*facebook/musicgen-small'):
+        make_solver(['solver=extended_musicgen', f'egs_root={egs}', 'device=cpu', 'autocast=false',
+                     'dataset.num_workers=0'])
+    with pytest.raises(ValueError, match='fsdp'):
+        make_solver(debug_argv(exported_bases['text'], egs, 'fsdp.use=true'))
+    with pytest.raises(ValueError, match='sample_rate=32000'):
+        make_solver(debug_argv(exported_bases['text'], egs, 'sample_rate=32000'))
+
+
+def test_refuses_checkpoint_of_another_base(trained, other_text_base, egs):
+    xp, _ = trained
+    state = load_checkpoint(xp.folder / 'checkpoint.th')
+    _, solver = make_solver(debug_argv(other_text_base, egs))
+    with pytest.raises(RuntimeError, match='hash'):
+        solver.load_state_dict({'base_model': state['base_model']})
+    # continue_from another run also checks the base.
+    _, solver = make_solver(debug_argv(other_text_base, egs, f'continue_from=//sig/{xp.sig}'))
+    with pytest.raises(RuntimeError, match='hash'):
+        solver.restore()
