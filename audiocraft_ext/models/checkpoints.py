@@ -13,8 +13,8 @@ import hashlib
 import os
 from pathlib import Path
 import re
-import tempfile
 import typing as tp
+import uuid
 
 from omegaconf import DictConfig, OmegaConf
 import torch
@@ -48,15 +48,21 @@ def weights_hash(state_dict: tp.Mapping[str, torch.Tensor]) -> str:
             tensor = tensor.to(torch.float16)
         tensor = tensor.cpu().contiguous()
         digest.update(f'{name}:{tuple(tensor.shape)}:{tensor.dtype};'.encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b'')
+        # reshape(-1): a 0-dim tensor cannot be viewed as bytes (same bytes for every other tensor).
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b'')
     return digest.hexdigest()
 
 
 def atomic_save(obj: tp.Any, path: PathLike) -> Path:
-    """`torch.save` to a temporary file in the same folder, then rename: never a half-written file."""
+    """`torch.save` to a temporary file in the same folder, then rename: never a half-written file.
+
+    The temporary is created with mode 0o666 minus the umask, like a plain `open(path, 'wb')`
+    (not `mkstemp`'s private 0o600, which the rename would give the final file).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    tmp_name = str(path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp')
+    handle = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, 'wb') as file:
             torch.save(obj, file)
