@@ -139,3 +139,13 @@ def demucs_offline():
     """Use around anything that builds a melody model's chroma conditioner."""
     with offline_demucs():
         yield
+
+
+@pytest.fixture(scope='module')
+def single_thread_torch():
+    """One intra-op thread for the module's tests: the tiny models' ops are far too small to gain
+    from threads, and on a busy 2-core machine threads make them several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

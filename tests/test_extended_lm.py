@@ -15,6 +15,8 @@ from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen
 
 from conftest import condition_tensors, lm_logits, make_attributes, model_logits, perturb_extension, random_codes
 
+pytestmark = pytest.mark.usefixtures('single_thread_torch')
+
 
 def _numel(params) -> int:
     return sum(p.numel() for p in params)
