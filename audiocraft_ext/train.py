@@ -159,7 +159,8 @@ def main(cfg: omegaconf.DictConfig):
     init_seed_and_system(cfg)
     log_name = '%s.log.{rank}' % cfg.execute_only if cfg.execute_only else 'solver.log.{rank}'
     flashy.setup_logging(level=str(cfg.logging.level).upper(), log_name=log_name)
-    flashy.distrib.init()  # nothing to set: Dora passes the distributed settings
+    # Dora (dora run -d, SLURM) or torchrun-style env vars give the ranks; gloo when on CPU.
+    flashy.distrib.init(backend='nccl' if str(cfg.device).startswith('cuda') else 'gloo')
     solver = get_solver(cfg)
     if cfg.show:
         solver.show()

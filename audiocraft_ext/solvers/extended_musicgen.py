@@ -103,7 +103,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             return reference
         from dora import git_save
         candidate = Path(git_save.to_absolute_path(str(Path(reference).expanduser())))
-        return str(candidate) if candidate.exists() else reference
+        return str(candidate.resolve()) if candidate.exists() else reference
 
     def _load_base(self):
         """Load the frozen base once, and fill `sample_rate`/`channels` from it (before datasets)."""
@@ -207,6 +207,13 @@ class ExtendedMusicGenSolver(MusicGenSolver):
     def state_dict(self) -> dict:
         """The solver state with plain containers only, loadable with `torch.load(weights_only=True)`."""
         return xp_checkpoints.plain_state(super().state_dict())
+
+    def save_checkpoints(self) -> None:
+        # Every rank logs the hash of its new layers: they must agree across ranks.
+        import flashy
+        self.logger.info("Extension hash (rank %d): %s", flashy.distrib.rank(),
+                         weights_hash(self.model.extension_state_dict()))
+        super().save_checkpoints()
 
     def load_checkpoints(self, load_best: bool = False, ignore_state_keys: tp.List[str] = []) -> tp.Optional[dict]:
         with ExitStack() as stack:
