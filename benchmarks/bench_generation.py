@@ -11,13 +11,14 @@ that machine noise hits them alike. The limit for the extended model is the laye
 """
 import argparse
 import statistics
-import time
 
 import torch
 
 from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.models.checkpoints import assemble_musicgen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
+
+from common import tokens_per_second
 
 
 def parse_args():
@@ -32,19 +33,6 @@ def parse_args():
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--device', default='cpu')
     return parser.parse_args()
-
-
-def tokens_per_second(model, prompts, duration: float) -> float:
-    model.set_generation_params(duration=duration, top_k=50)
-    steps = int(duration * model.frame_rate)
-    if model.device.type == 'cuda':
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    attributes, _ = model._prepare_tokens_and_attributes(prompts, None)
-    model._generate_tokens(attributes, None, progress=False)
-    if model.device.type == 'cuda':
-        torch.cuda.synchronize()
-    return len(prompts) * steps / (time.perf_counter() - start)
 
 
 def main():

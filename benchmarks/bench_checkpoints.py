@@ -1,0 +1,92 @@
+"""Trainable fraction and checkpoint sizes: adapter-only file vs self-contained file vs the model
+exported to AudioCraft's layout (a stock L + N layer MusicGen), for random bases of given shapes.
+
+Sizes do not depend on the device, so musicgen-small shapes are measured on CPU too. The
+compression model here is the tiny random EnCodec of the test fixtures (1.5 MB); a real
+MusicGen's 32 kHz EnCodec adds about 236 MB to every file that carries one (self-contained,
+exported), and nothing to an adapter-only file.
+
+    python benchmarks/bench_checkpoints.py                        # CPU config and musicgen-small shapes
+    python benchmarks/bench_checkpoints.py --preset cpu           # one of them
+"""
+import argparse
+import json
+from pathlib import Path
+import tempfile
+import typing as tp
+
+import torch
+
+import common
+
+PRESETS = {
+    'cpu': dict(dim=256, layers=8, heads=8, new_layers=4, card=2048, n_q=4),
+    'musicgen-small': dict(dim=1024, layers=24, heads=16, new_layers=12, card=2048, n_q=4),
+}
+
+
+def size(path: Path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob('*') if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def measure(preset: str) -> tp.Dict[str, tp.Any]:
+    from audiocraft_ext import ExtendedMusicGen
+    from audiocraft_ext.models.tiny import save_exported
+    shape = PRESETS[preset]
+    base = common.build_base(shape['dim'], shape['layers'], shape['heads'], shape['card'], shape['n_q'], 'cpu')
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        save_exported(base, tmp / 'base')  # the base as a Hugging Face snapshot / exported directory
+        del base
+        extended = ExtendedMusicGen.from_base(str(tmp / 'base'), shape['new_layers'], device='cpu')
+        trainable, total = extended.lm.parameter_counts()
+        sizes = {
+            'base (exported, L layers)': size(tmp / 'base'),
+            'adapter-only file': size(extended.save(tmp / 'adapter.pt', include_base=False)),
+            'self-contained file': size(extended.save(tmp / 'full.pt')),
+            'exported L + N (stock layout)': size(extended.export_audiocraft(tmp / 'exported')),
+        }
+        compression = size(tmp / 'base' / 'compression_state_dict.bin')
+    return {'preset': preset, 'shape': shape, 'trainable': trainable, 'total': total,
+            'base_params': total - trainable, 'compression_bytes': compression, 'sizes': sizes}
+
+
+def report(result: tp.Dict[str, tp.Any]) -> str:
+    shape = result['shape']
+    trainable, total = result['trainable'], result['total']
+    lines = [f"{result['preset']}: dim={shape['dim']} L={shape['layers']} N={shape['new_layers']} "
+             f"heads={shape['heads']} card={shape['card']} K={shape['n_q']}",
+             f"  params: base LM {result['base_params']:,}, new layers {trainable:,}, extended total {total:,}",
+             f"  trainable fraction: {100 * trainable / total:.1f}% of the extended model "
+             f"(full fine-tuning of the base trains {result['base_params']:,}: "
+             f"{trainable / result['base_params']:.2f}x as many)",
+             f"  {'file':<34}{'MB':>10}{'vs exported':>13}"]
+    exported = result['sizes']['exported L + N (stock layout)']
+    for name, nbytes in result['sizes'].items():
+        lines.append(f"  {name:<34}{nbytes / 1e6:>10.2f}{nbytes / exported:>13.3f}")
+    lines.append(f"  (compression model in the files above: {result['compression_bytes'] / 1e6:.3f} MB, tiny fixture)")
+    return '\n'.join(lines)
+
+
+def main(argv: tp.Optional[tp.List[str]] = None) -> tp.List[tp.Dict[str, tp.Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--preset', choices=sorted(PRESETS), action='append',
+                        help='shapes to measure (repeatable; default: all)')
+    parser.add_argument('--out', default=str(common.DEFAULT_OUT), help='folder for the JSON results')
+    args = parser.parse_args(argv)
+    results = []
+    texts = []
+    for preset in args.preset or list(PRESETS):
+        torch.manual_seed(0)
+        results.append(measure(preset))
+        texts.append(report(results[-1]))
+        print(texts[-1], flush=True)
+    out = common.ensure_out(args.out)
+    (out / 'bench_checkpoints.json').write_text(json.dumps(results, indent=1))
+    (out / 'bench_checkpoints.txt').write_text('\n'.join(texts) + '\n')
+    return results
+
+
+if __name__ == '__main__':
+    main()
