@@ -2,7 +2,7 @@
 
 Needs AudioCraft's `config/` tree, which pip does not install: the test uses the AudioCraft
 1.3.0 source distribution from PyPI (`AUDIOCRAFT_SDIST_DIR` if set, else downloaded once with
-`pip download` into the pytest cache) and runs its `audiocraft` package from there, with this
+`pip download` into ~/.cache/audiocraft-ext/sdist) and runs its `audiocraft` package from there, with this
 repository on the path so Hydra discovers `hydra_plugins/audiocraft_ext`. Skipped when the
 source distribution cannot be had (offline).
 """
@@ -47,8 +47,9 @@ def audiocraft_sdist(cache_dir: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_audiocraft_train_runs_our_solver(request, exported_bases, tmp_path):
-    sdist = audiocraft_sdist(Path(request.config.cache.mkdir('audiocraft_sdist')))
+def test_audiocraft_train_runs_our_solver(exported_bases, tmp_path):
+    cache = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'audiocraft-ext' / 'sdist'
+    sdist = audiocraft_sdist(cache)
     assert (sdist / 'config' / 'solver' / 'default.yaml').exists()
     write_synthetic_audio(tmp_path / 'audio', num_files=5, duration=1.5)
     prepare_data(tmp_path / 'audio', tmp_path / 'egs', captions=tmp_path / 'audio' / 'captions.csv')
