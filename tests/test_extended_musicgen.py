@@ -184,11 +184,12 @@ def test_extension_scale_through_set_generation_params_and_property():
 @pytest.mark.parametrize('value', [-1, float('nan'), 'abc'])
 def test_invalid_extension_scale_through_the_model(value):
     _, model = _pair('text', perturb=False)
-    for setter in (lambda: model.set_generation_params(duration=0.2, extension_scale=value),
+    for setter in (lambda: model.set_generation_params(duration=0.5, extension_scale=value),
                    lambda: setattr(model, 'extension_scale', value)):
         with pytest.raises((ValueError, TypeError), match='extension_scale'):
             setter()
         assert model.extension_scale == 1.0
+        assert model.duration == DURATION  # a refused call changes nothing
 
 
 # --- 8. Export to stock AudioCraft --------------------------------------------------------------

@@ -20,7 +20,7 @@ from .checkpoints import (EXTENDED_FORMAT, EXTENDED_FORMAT_VERSION, CheckpointEr
                           load_base_musicgen, read_torch_file, weights_hash)
 from .extended_lm import ExtendedLMModel
 from .inputs import check_descriptions, check_duration, check_waveform
-from .layers import base_layer_config, residual_branch_outputs, resolve_layer_config
+from .layers import base_layer_config, check_extension_scale, residual_branch_outputs, resolve_layer_config
 
 
 def _mono(compression_model: CompressionModel) -> CompressionModel:
@@ -125,6 +125,8 @@ class ExtendedMusicGen(MusicGen):
     def set_generation_params(self, *args: tp.Any, extension_scale: tp.Optional[float] = None,
                               **kwargs: tp.Any) -> None:
         """`MusicGen.set_generation_params`, plus `extension_scale` (0.0 = base, 1.0 = as trained)."""
+        if extension_scale is not None:
+            check_extension_scale(extension_scale)  # before changing anything: all or nothing
         check_duration('duration', kwargs.get('duration'))
         check_duration('extend_stride', kwargs.get('extend_stride'))
         if kwargs.get('extend_stride', 0) >= self.max_duration:
