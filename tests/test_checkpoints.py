@@ -258,8 +258,6 @@ def test_from_base_training_checkpoint(exported_bases, tmp_path):
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the compression model of a checkpoint.th base carries no cfg, "
-                                       "so the default self-contained save raises CheckpointError")
 def test_training_checkpoint_base_saves_self_contained(exported_bases, tmp_path):
     path = _training_checkpoint(build_tiny_musicgen('text'), exported_bases['text'], tmp_path / 'checkpoint.th')
     model = _extended(path)
@@ -267,8 +265,6 @@ def test_training_checkpoint_base_saves_self_contained(exported_bases, tmp_path)
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a base loaded by stock MusicGen.get_pretrained (as for Hugging Face "
-                                       "ids) has a compression model without cfg: self-contained save raises")
 def test_stock_loaded_base_saves_self_contained(exported_bases, tmp_path):
     stock = MusicGen.get_pretrained(str(exported_bases['text']), device='cpu')
     model = _extended(stock)
@@ -303,8 +299,6 @@ def test_missing_paths_raise_file_not_found(tmp_path):
             ExtendedMusicGen.get_pretrained(str(missing), device='cpu')
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a missing relative path of the form 'dir/file' is taken for a Hugging "
-                                       "Face id (network retries, then a hub error instead of FileNotFoundError)")
 def test_missing_relative_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
@@ -376,9 +370,14 @@ def test_wrong_types_are_refused(exported_bases):
         ExtendedMusicGen.from_base(123, 2)
     with pytest.raises(TypeError):
         ExtendedMusicGen.from_base(build_tiny_musicgen('text').lm, 2)
-    # An in-memory extended model is refused clearly (a saved one is merged, see above).
-    with pytest.raises(TypeError, match='ExtendedLMModel'):
-        ExtendedMusicGen.from_base(_extended(exported_bases['text']), 2)
+
+
+def test_from_base_extended_instance_merges_then_extends(exported_bases):
+    first = _extended(exported_bases['text'], num_additional_layers=2)
+    perturb_extension(first.lm)
+    second = ExtendedMusicGen.from_base(first, 3)
+    assert second.lm.num_base_layers == 4 and second.lm.num_additional_layers == 3
+    torch.testing.assert_close(model_logits(second), model_logits(first), atol=1e-5, rtol=0)
 
 
 def test_read_errors_do_not_leak_low_level_exceptions(tmp_path):

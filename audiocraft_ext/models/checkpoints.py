@@ -22,7 +22,8 @@ import torch
 EXTENDED_FORMAT = 'audiocraft_ext.extended_musicgen'
 EXTENDED_FORMAT_VERSION = 1
 _HUB_ID = re.compile(r'^[\w.-]+/[\w.-]+$')
-_SHORT_NAMES = ('small', 'medium', 'large', 'melody', 'debug')
+_SHORT_NAMES = ('small', 'medium', 'large', 'melody')
+_CHECKPOINT_SUFFIXES = ('.pt', '.th', '.bin', '.pth', '.ckpt', '.safetensors')
 
 # Keys that `audiocraft.models.loaders.load_lm_model` removes from old configs before building.
 _OBSOLETE_LM_KEYS = ('conditioners.self_wav.chroma_stem.cache_path',
@@ -134,13 +135,21 @@ def build_compression_model(pkg: tp.Mapping[str, tp.Any], device: tp.Any):
     return model.eval()
 
 
-def compression_package(compression_model) -> tp.Dict[str, tp.Any]:
-    """The exported package of a (mono, unwrapped) compression model, as AudioCraft writes it."""
+def compression_package(compression_model, source: tp.Optional[str] = None) -> tp.Dict[str, tp.Any]:
+    """The exported package of a (mono, unwrapped) compression model, as AudioCraft writes it.
+
+    Models loaded by this module carry their config (or pretrained name). One loaded elsewhere
+    (e.g. by stock `MusicGen.get_pretrained(source)`) is re-read from `source`, an exported
+    directory or Hugging Face id, when given.
+    """
     import audiocraft
+    from audiocraft.models import loaders
     model = getattr(compression_model, 'model', compression_model)  # unwrap interleaved stereo
     if getattr(model, 'pretrained_name', None):
         return {'pretrained': model.pretrained_name, 'version': audiocraft.__version__, 'exported': True}
     cfg = getattr(model, 'cfg', None)
+    if cfg is None and source is not None and is_exported_reference(source):
+        return loaders.load_compression_model_ckpt(source)
     if cfg is None:
         raise CheckpointError(
             "The compression model carries no config, so it cannot be saved in a self-contained file. "
@@ -164,7 +173,6 @@ def assemble_musicgen(name: str, compression_model, lm, max_duration: tp.Optiona
 
 def _from_training_checkpoint(path: Path, pkg: dict, device: str):
     """A MusicGen from an AudioCraft MusicGen solver checkpoint (`checkpoint.th`)."""
-    from audiocraft.solvers.compression import CompressionSolver
     cfg = pkg['xp.cfg']
     best = pkg.get('fsdp_best_state') or pkg.get('best_state')
     if not best or 'model' not in best:
@@ -173,25 +181,47 @@ def _from_training_checkpoint(path: Path, pkg: dict, device: str):
         raise CheckpointError(f"{path} is a training checkpoint of another solver "
                               f"({cfg.get('solver', 'unknown')}), not of a MusicGen language model.")
     lm = build_lm(cfg, best['model'], device)
-    compression_model = CompressionSolver.model_from_checkpoint(cfg.compression_model_checkpoint, device=device)
-    return assemble_musicgen(str(path), compression_model, lm)
+    return assemble_musicgen(str(path), _compression_from_solver_reference(cfg.compression_model_checkpoint,
+                                                                          device), lm)
 
 
-def _from_exported_directory(path: Path, device: str):
-    """A MusicGen from AudioCraft's exported layout, loaded like `MusicGen.get_pretrained(dir)`."""
+def _compression_from_solver_reference(reference: str, device: str):
+    """The compression model a MusicGen run names in `compression_model_checkpoint`, keeping what saves it."""
+    from audiocraft.models import CompressionModel
+    from audiocraft.solvers.compression import CompressionSolver
+    if not reference.startswith('//pretrained/'):
+        return CompressionSolver.model_from_checkpoint(reference, device=device)
+    name = reference[len('//pretrained/'):]
+    if Path(name).is_file():
+        return build_compression_model(read_torch_file(name, 'compression model checkpoint'), device)
+    model = CompressionModel.get_pretrained(name, device=device)
+    model.pretrained_name = name
+    return model
+
+
+def _from_exported(source: str, device: str):
+    """A MusicGen from AudioCraft's exported layout (local directory or Hugging Face id).
+
+    Loaded like `MusicGen.get_pretrained(source)`, except that the compression model keeps its
+    package so the base can be saved in a self-contained file.
+    """
     from audiocraft.models import loaders
-    missing = [name for name in ('state_dict.bin', 'compression_state_dict.bin') if not (path / name).exists()]
-    if missing:
-        raise CheckpointError(f"{path} is not an exported MusicGen directory: missing {', '.join(missing)}. "
-                              "Expected AudioCraft's exported layout (a Hugging Face MusicGen snapshot).")
-    compression_pkg = read_torch_file(path / 'compression_state_dict.bin', 'compression model checkpoint')
+    if Path(source).is_dir():
+        missing = [name for name in ('state_dict.bin', 'compression_state_dict.bin')
+                   if not (Path(source) / name).exists()]
+        if missing:
+            raise CheckpointError(f"{source} is not an exported MusicGen directory: missing {', '.join(missing)}. "
+                                  "Expected AudioCraft's exported layout (a Hugging Face MusicGen snapshot).")
+        compression_pkg = read_torch_file(Path(source) / 'compression_state_dict.bin', 'compression model checkpoint')
+    else:
+        compression_pkg = loaders.load_compression_model_ckpt(source)
     try:
-        lm = loaders.load_lm_model(path, device=device)
+        lm = loaders.load_lm_model(source, device=device)
     except Exception as error:
-        raise CheckpointError(f"{path / 'state_dict.bin'} is not a loadable MusicGen language model "
+        raise CheckpointError(f"The language model of {source} (state_dict.bin) is not loadable "
                               f"({type(error).__name__}: {error}). Is it truncated, or another kind of "
                               "checkpoint (e.g. a compression model)?") from error
-    return assemble_musicgen(str(path), build_compression_model(compression_pkg, device), lm)
+    return assemble_musicgen(source, build_compression_model(compression_pkg, device), lm)
 
 
 def _from_file(path: Path, device: str):
@@ -211,6 +241,10 @@ def _from_file(path: Path, device: str):
 def load_base_musicgen(source: tp.Any, device: tp.Optional[str] = None):
     """A pretrained MusicGen from any of the forms listed in this module's docstring."""
     from audiocraft.models import MusicGen
+    from audiocraft.models.musicgen import _HF_MODEL_CHECKPOINTS_MAP
+    from .extended_musicgen import ExtendedMusicGen
+    if isinstance(source, ExtendedMusicGen):
+        return source.merged_musicgen()
     if isinstance(source, MusicGen):
         return source
     if not isinstance(source, (str, Path)):
@@ -218,10 +252,23 @@ def load_base_musicgen(source: tp.Any, device: tp.Optional[str] = None):
     device = device or _default_device()
     path = Path(source).expanduser()
     if path.is_dir():
-        return _from_exported_directory(path, device)
+        return _from_exported(str(path), device)
     if path.exists():
         return _from_file(path, device)
-    if isinstance(source, str) and (_HUB_ID.match(source) or source in _SHORT_NAMES):
-        return MusicGen.get_pretrained(source, device=device)
+    if source == 'debug':
+        return MusicGen.get_pretrained('debug', device=device)
+    if is_hub_id(str(source)):
+        return _from_exported(_HF_MODEL_CHECKPOINTS_MAP.get(str(source), str(source)), device)
     raise FileNotFoundError(f"Base model not found: {source}. Give an existing file or directory, "
                             "or a Hugging Face id such as facebook/musicgen-small.")
+
+
+def is_hub_id(source: str) -> bool:
+    """'org/name' (not a file name like 'runs/model.pt') or one of MusicGen's short names."""
+    return source in _SHORT_NAMES or (bool(_HUB_ID.match(source))
+                                      and Path(source).suffix.lower() not in _CHECKPOINT_SUFFIXES)
+
+
+def is_exported_reference(source: str) -> bool:
+    """An exported MusicGen directory or a Hugging Face id (what AudioCraft's loaders read)."""
+    return Path(source).is_dir() or (not Path(source).exists() and is_hub_id(source))

@@ -15,9 +15,10 @@ from audiocraft.models import MusicGen
 from audiocraft.models.encodec import CompressionModel
 
 from .. import __version__
-from .checkpoints import (EXTENDED_FORMAT, EXTENDED_FORMAT_VERSION, CheckpointError, assemble_musicgen, atomic_save,
-                          build_compression_model, build_lm, compression_package, is_extended_package,
-                          load_base_musicgen, read_torch_file, weights_hash)
+from .checkpoints import (EXTENDED_FORMAT, EXTENDED_FORMAT_VERSION, CheckpointError, assemble_musicgen,
+                          atomic_save, build_compression_model, build_lm, compression_package,
+                          is_exported_reference, is_extended_package, load_base_musicgen, read_torch_file,
+                          weights_hash)
 from .extended_lm import ExtendedLMModel
 from .inputs import check_descriptions, check_duration, check_waveform
 from .layers import base_layer_config, check_extension_scale, residual_branch_outputs, resolve_layer_config
@@ -67,6 +68,9 @@ class ExtendedMusicGen(MusicGen):
         musicgen = load_base_musicgen(base, device)
         lm = ExtendedLMModel(musicgen.lm, num_additional_layers, extension_scale, **layer_overrides)
         reference = str(base) if isinstance(base, (str, Path)) else None
+        if isinstance(base, MusicGen) and not isinstance(base, ExtendedMusicGen) \
+                and is_exported_reference(base.name):
+            reference = base.name  # e.g. MusicGen.get_pretrained('facebook/musicgen-small')
         return cls(musicgen.name, _mono(musicgen.compression_model), lm,
                    max_duration=musicgen.max_duration, base_reference=reference)
 
@@ -185,7 +189,7 @@ class ExtendedMusicGen(MusicGen):
         if include_base:
             base_info['lm_cfg'] = OmegaConf.to_yaml(self._lm_cfg())
             base_info['lm_state'] = lm.base_state_dict()
-            base_info['compression'] = compression_package(self.compression_model)
+            base_info['compression'] = compression_package(self.compression_model, self.base_reference)
         elif self.base_reference is None:
             raise CheckpointError("This model's base was given in memory, so an adapter-only file could not "
                                   "say where it is: extend a base given by path or id, or save with "
@@ -248,7 +252,8 @@ class ExtendedMusicGen(MusicGen):
         import audiocraft
         directory = Path(directory)
         cfg, state = self.merged_lm_package()
-        atomic_save(compression_package(self.compression_model), directory / 'compression_state_dict.bin')
+        atomic_save(compression_package(self.compression_model, self.base_reference),
+                    directory / 'compression_state_dict.bin')
         atomic_save({'xp.cfg': OmegaConf.to_yaml(cfg), 'best_state': state,
                      'version': audiocraft.__version__, 'exported': True}, directory / 'state_dict.bin')
         return directory
