@@ -20,7 +20,7 @@ from .checkpoints import (EXTENDED_FORMAT, EXTENDED_FORMAT_VERSION, CheckpointEr
                           is_exported_reference, is_extended_package, load_base_musicgen, read_torch_file,
                           weights_hash)
 from .extended_lm import ExtendedLMModel
-from .inputs import check_descriptions, check_duration, check_waveform
+from .inputs import check_descriptions, check_duration, check_num_samples, check_waveform
 from .layers import base_layer_config, check_extension_scale, residual_branch_outputs, resolve_layer_config
 
 
@@ -144,6 +144,10 @@ class ExtendedMusicGen(MusicGen):
                  return_tokens: bool = False):
         check_descriptions(descriptions)
         return super().generate(descriptions, progress=progress, return_tokens=return_tokens)
+
+    def generate_unconditional(self, num_samples: int, progress: bool = False, return_tokens: bool = False):
+        check_num_samples(num_samples)
+        return super().generate_unconditional(num_samples, progress=progress, return_tokens=return_tokens)
 
     def generate_continuation(self, prompt: torch.Tensor, prompt_sample_rate: int,
                               descriptions: tp.Optional[tp.List[tp.Optional[str]]] = None,

@@ -16,6 +16,11 @@ def check_duration(name: str, value: tp.Any) -> None:
         raise ValueError(f"{name}={value!r} is not a positive number of seconds.")
 
 
+def check_num_samples(num_samples: tp.Any) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+        raise ValueError(f"num_samples={num_samples!r}: give a positive number of samples to generate.")
+
+
 def check_descriptions(descriptions: tp.Any, allow_none_items: bool = True) -> None:
     if isinstance(descriptions, str) or not isinstance(descriptions, (list, tuple)):
         raise TypeError(f"descriptions must be a list of strings, got {type(descriptions).__name__}: "

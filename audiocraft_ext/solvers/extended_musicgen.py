@@ -26,7 +26,7 @@ from audiocraft.solvers.musicgen import MusicGenSolver
 
 from ..models.checkpoints import weights_hash
 from ..models.extended_lm import ExtendedLMModel
-from . import xp_checkpoints
+from . import safety, xp_checkpoints
 from .xp_checkpoints import SIG_PREFIX, SOLVER_CHECKPOINT_FORMAT, TINY_PREFIX
 
 _MISSING_BASE = (
@@ -139,7 +139,16 @@ class ExtendedMusicGenSolver(MusicGenSolver):
 
     def build_dataloaders(self) -> None:
         self._load_base()
+        safety.check_datasources(self.cfg)
         super().build_dataloaders()
+        checks = self.cfg.get('data_checks') or {}
+        if checks.get('audio', True) or checks.get('captions', True):
+            from audiocraft.utils.utils import get_dataset_from_loader
+            datasets = {split: get_dataset_from_loader(loader) for split, loader in self.dataloaders.items()}
+            count = safety.check_manifests(datasets, audio=checks.get('audio', True),
+                                           captions=checks.get('captions', True) and
+                                           self.DATASET_TYPE.name == 'MUSIC')
+            self.logger.info("Data checks passed on %d audio files.", count)
 
     def build_model(self) -> None:
         """Frozen base + new layers; optimizer, EMA and schedule over the new layers only."""
@@ -165,9 +174,14 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         extended = self.cfg.extended_model
         overrides = extended.get('layer_overrides')
         overrides = {} if overrides is None else omegaconf.OmegaConf.to_container(overrides, resolve=True)
-        self.model: ExtendedLMModel = ExtendedLMModel(
-            lm, num_additional_layers=int(extended.num_additional_layers),
-            extension_scale=float(extended.extension_scale), **overrides).to(self.device)
+        num_layers, scale = safety.check_extension_config(extended.num_additional_layers,
+                                                          extended.extension_scale)
+        try:
+            self.model: ExtendedLMModel = ExtendedLMModel(
+                lm, num_additional_layers=num_layers, extension_scale=scale, **overrides).to(self.device)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"extended_model.layer_overrides={overrides!r} do not fit the base "
+                             f"{self.base_reference}: {error}") from None
         trainable, total = self.model.parameter_counts()
         self.logger.info("Base: %d layers (frozen); new layers: %d; trainable params: %s of %s (%.2f%%)",
                          self.model.num_base_layers, self.model.num_additional_layers, f"{trainable:,}",
@@ -175,6 +189,11 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         # EMA over the new layers only: its state swaps into the `model` entry below.
         self._ema_sources['model'] = self.model.extension
         self.optimizer = builders.get_optimizer(self.trainable_parameter_groups(), self.cfg.optim)
+        # A NaN/inf loss or gradient stops the step before the optimizer changes any weight.
+        self.optimizer.register_step_pre_hook(self._check_finite_step)
+        self._step_loss: tp.Optional[torch.Tensor] = None
+        self._step_index = 0
+        self._skipped_steps = 0
         self.lr_scheduler = builders.get_lr_scheduler(self.optimizer, self.cfg.schedule, self.total_updates)
         self.stateful.register('model', ExtensionStateSource(self.model))
         self.stateful.register('base_model', BaseModelSource(self))
@@ -203,6 +222,77 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         assert sum(p.numel() for g in groups for p in g['params']) == self.model.parameter_counts()[0]
         return groups
 
+    # ---- reliability: run lock, reproducible resume, non-finite steps -----------------------
+    def run(self):
+        """AudioCraft's training loop, holding the XP folder's lock (one run per signature)."""
+        import flashy
+        lock = safety.RunLock(self.folder) if flashy.distrib.is_rank_zero() else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            if lock is not None:
+                safety.remove_stale_temporaries(self.folder)
+            return super().run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def run_epoch(self):
+        # Seed every RNG from (seed, epoch): a run resumed from a checkpoint draws the same
+        # dropout masks and data as an uninterrupted one (AudioCraft does not save RNG states).
+        import random
+        import numpy as np
+        seed = (int(self.cfg.seed) * 1_000_003 + self.epoch) % 2 ** 32
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        super().run_epoch()
+
+    def train(self):
+        self._skipped_steps = 0
+        return super().train()
+
+    def _compute_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor,
+                               mask: torch.Tensor) -> tp.Tuple[torch.Tensor, tp.List[torch.Tensor]]:
+        ce, ce_per_codebook = super()._compute_cross_entropy(logits, targets, mask)
+        if self.is_training:
+            self._step_loss = ce
+        return ce, ce_per_codebook
+
+    def _check_finite_step(self, optimizer: tp.Any, args: tp.Any, kwargs: tp.Any) -> None:
+        """Optimizer pre-step hook: refuse the step if the loss or a gradient is NaN or infinite."""
+        loss_ok = self._step_loss is None or safety.loss_finite(self._step_loss)
+        grads_ok = safety.gradients_finite(self.model.trainable_parameters())
+        if not safety.all_ranks_agree_finite(loss_ok and grads_ok):
+            what = 'loss' if not loss_ok else 'gradients' if not grads_ok else 'loss or gradients on another rank'
+            raise safety.NonFiniteStepError(safety.nonfinite_message(what, self.epoch, self._step_index))
+
+    def run_step(self, idx: int, batch: tp.Any, metrics: dict) -> dict:
+        if not self.is_training:
+            return super().run_step(idx, batch, metrics)
+        self._step_index, self._step_loss = idx, None
+        try:
+            metrics = super().run_step(idx, batch, metrics)
+        except safety.NonFiniteStepError as error:
+            self.optimizer.zero_grad()
+            self._skipped_steps += 1
+            limit = int(self.cfg.get('skip_nonfinite_steps') or 0)
+            if self._skipped_steps > limit:
+                if limit:
+                    raise safety.NonFiniteStepError(f"{error} More than skip_nonfinite_steps={limit} such "
+                                                    "steps in this epoch.") from None
+                raise
+            self.logger.warning("%s Skipped (%d of at most %d this epoch).", error, self._skipped_steps, limit)
+            return {'skipped': 1.0}
+        except RuntimeError as error:  # float16 GradScaler path: AudioCraft's check after a skipped step
+            if str(error) != "Model probably diverged.":
+                raise
+            raise safety.NonFiniteStepError(safety.nonfinite_message('loss', self.epoch, idx)) from None
+        finally:
+            self._step_loss = None
+        metrics['skipped'] = 0.0
+        return metrics
+
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The solver state with plain containers only, loadable with `torch.load(weights_only=True)`."""
@@ -213,7 +303,9 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         import flashy
         self.logger.info("Extension hash (rank %d): %s", flashy.distrib.rank(),
                          weights_hash(self.model.extension_state_dict()))
-        super().save_checkpoints()
+        # Temporary file + fsync + rename (AudioCraft's rename alone does not fsync).
+        with mock.patch('audiocraft.utils.checkpoint._safe_save_checkpoint', safety.save_checkpoint_atomically):
+            super().save_checkpoints()
 
     def load_checkpoints(self, load_best: bool = False, ignore_state_keys: tp.List[str] = []) -> tp.Optional[dict]:
         with ExitStack() as stack:
