@@ -1,9 +1,10 @@
 """The `audiocraft-ext` command.
 
 Subcommands:
-    demo          generate two short clips with a tiny, randomly initialised MusicGen (no download).
-    prepare-data  write AudioCraft dataset manifests and sidecar metadata for training.
-    export        turn a training run (dora sig or checkpoint) into a model file or AudioCraft layout.
+    demo             the mission end to end, offline, on a CPU (see audiocraft_ext/demo/pipeline.py).
+    make-synth-data  write the synthetic two-domain captioned dataset.
+    prepare-data     write AudioCraft dataset manifests and sidecar metadata for training.
+    export           turn a training run (dora sig or checkpoint) into a model file or AudioCraft layout.
 
 Heavy imports (torch, audiocraft) happen inside the subcommands, so `audiocraft-ext --help`
 answers at once.
@@ -13,33 +14,11 @@ from pathlib import Path
 import sys
 import typing as tp
 
-DEMO_PROMPTS = [
-    'a calm piano melody with soft strings',
-    'an upbeat electronic track with punchy drums',
-]
-
 
 def _demo(args: argparse.Namespace) -> int:
-    """Smoke generation: tiny text-to-music model, two prompts, WAV files in `args.out`."""
-    import torch
-    from audiocraft.data.audio import audio_write
-    from audiocraft_ext.models.tiny import build_tiny_musicgen
-
-    torch.manual_seed(args.seed)
-    model = build_tiny_musicgen('text', seed=args.seed)
-    model.set_generation_params(duration=args.duration)
-    print(f"Model: {model.name} (random weights), sample rate {model.sample_rate} Hz, "
-          f"{args.duration:g} s per clip.")
-    with torch.no_grad():
-        wavs = model.generate(DEMO_PROMPTS, progress=True)  # [B, C, T]
-    print()  # AudioCraft's progress line ends with a carriage return
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for index, (prompt, wav) in enumerate(zip(DEMO_PROMPTS, wavs)):
-        path = audio_write(out / f'clip_{index}', wav.cpu(), model.sample_rate)
-        print(f"Wrote {path} ({wav.shape[-1] / model.sample_rate:.2f} s): {prompt!r}")
-    print(f"Done: {len(DEMO_PROMPTS)} clips in {out.resolve()}")
-    return 0
+    """The mission end to end: synthetic data, a trained base, new layers, generation, evaluation."""
+    from audiocraft_ext.demo.pipeline import run_demo
+    return run_demo(args)
 
 
 def _prepare_data(args: argparse.Namespace) -> int:
@@ -89,15 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         description='Extend a frozen pretrained MusicGen with new trainable transformer layers.')
     commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
+    from audiocraft_ext.demo.pipeline import add_arguments as add_demo_arguments
     demo = commands.add_parser(
-        'demo', help='generate two clips with a tiny random MusicGen (smoke test, no download)',
-        description='Generate two short clips from text prompts with a tiny, randomly '
-                    'initialised MusicGen built from AudioCraft classes. Nothing is downloaded; '
-                    'the audio is noise-like, the point is to exercise the whole stack.')
-    demo.add_argument('--out', default='./demo_out', help='output directory (default: %(default)s)')
-    demo.add_argument('--seed', type=int, default=0, help='random seed (default: %(default)s)')
-    demo.add_argument('--duration', type=float, default=1.0,
-                      help='seconds of audio per clip (default: %(default)s)')
+        'demo', help='the whole mission offline on a CPU: train a tiny base, extend it, generate, evaluate',
+        description='Write a synthetic two-domain captioned dataset, train a tiny MusicGen on the '
+                    '"old" domain with AudioCraft\'s MusicGenSolver (cached), freeze it and train new '
+                    'layers on the "new" domain with python -m audiocraft_ext.train, generate clips with '
+                    'ExtendedMusicGen, evaluate base vs extended with python -m audiocraft_ext.evaluate '
+                    'and print a summary. Nothing is downloaded.')
+    add_demo_arguments(demo)
     demo.set_defaults(func=_demo)
 
     prepare = commands.add_parser(
@@ -134,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('--state', choices=['best', 'last'], default='best',
                         help='best validation state (default) or last epoch')
     export.set_defaults(func=_export)
+
+    from audiocraft_ext.data.synth import add_arguments, run_synth
+    synth = commands.add_parser('make-synth-data', help='write the synthetic two-domain captioned dataset (old/new)')
+    add_arguments(synth)
+    synth.set_defaults(func=run_synth)
     return parser
 
 

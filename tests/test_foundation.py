@@ -78,16 +78,8 @@ def test_cli_help_is_fast_and_lists_demo():
     assert 'demo' in proc.stdout
 
 
-def test_cli_demo_writes_two_clips(tmp_path, capsys):
-    from audiocraft_ext.cli import main
-    out = tmp_path / 'demo'
-    assert main(['demo', '--out', str(out), '--seed', '1', '--duration', '0.5']) == 0
-
-    clips = sorted(out.glob('*.wav'))
-    assert [c.name for c in clips] == ['clip_0.wav', 'clip_1.wav']
-    for clip in clips:
-        info = soundfile.info(str(clip))
-        assert info.samplerate == SAMPLE_RATE
-        assert info.channels == 1
-        assert info.frames == int(0.5 * SAMPLE_RATE)
-    assert str(out.resolve()) in capsys.readouterr().out
+def test_cli_demo_options():
+    """The demo itself runs end to end in tests/test_demo.py (--quick); here only its options."""
+    from audiocraft_ext.cli import build_parser
+    args = build_parser().parse_args(['demo', '--out', 'x', '--seed', '1', '--quick', '--duration', '2'])
+    assert (args.out, args.seed, args.quick, args.duration) == ('x', 1, True, 2.0)

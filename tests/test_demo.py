@@ -1,0 +1,71 @@
+"""`audiocraft-ext demo --quick` end to end: data, codec, base (MusicGenSolver), the mission through
+`python -m audiocraft_ext.train`, generation, evaluation, summary. One subprocess for training and
+one for evaluation (the rest runs in the test's process), on a fresh cache."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from audiocraft_ext import cli
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp('demo')
+    out = root / 'out'
+    code = cli.main(['demo', '--quick', '--out', str(out), '--cache-dir', str(root / 'cache')])
+    assert code == 0
+    return out, json.loads((out / 'summary.json').read_text())
+
+
+def _finite_numbers(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _finite_numbers(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _finite_numbers(value)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield tree
+
+
+def test_audio_files_decode(demo):
+    out, summary = demo
+    clips = summary['clips']
+    assert {(c['variant'], c['domain']) for c in clips} == {
+        (v, d) for v in ('extended', 'base') for d in ('new', 'old')}
+    for clip in clips:
+        wav, sample_rate = soundfile.read(clip['path'])
+        assert Path(clip['path']).is_relative_to(out / 'audio')
+        assert sample_rate == 16000 and len(wav) > 0
+        assert all(math.isfinite(x) for x in wav.reshape(-1)[:1000])
+
+
+def test_metrics_have_expected_finite_fields(demo):
+    out, summary = demo
+    metrics = json.loads((out / 'metrics.json').read_text())
+    for key in ('new', 'reference'):
+        for variant in ('base', 'extended'):
+            assert math.isfinite(metrics['sets'][key][variant]['ce'])
+    assert metrics['scale_sweep']
+    assert all(math.isfinite(x) for x in _finite_numbers(metrics['scale_sweep']))
+    for key in ('trainable_fraction', 'training_s', 'total_s'):
+        assert math.isfinite(summary[key]) and summary[key] > 0
+    assert 0 < summary['trainable_fraction'] < 1
+
+
+def test_extended_beats_base_on_new_domain(demo):
+    _, summary = demo
+    ce = summary['cross_entropy']
+    assert ce['new']['extended'] < ce['new']['base']
+
+
+def test_plots_and_model_written(demo):
+    out, summary = demo
+    for plot in summary['plots'].values():
+        assert plot and Path(plot).stat().st_size > 1000 and Path(plot).read_bytes()[:4] == b'\x89PNG'
+    assert (out / 'model.pt').exists()
+    history = json.loads((Path(summary['xp']) / 'history.json').read_text())
+    assert len(history) == summary['sizes']['mission_epochs']
