@@ -324,6 +324,18 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         super().show()
         self.model.print_trainable_parameters()
 
+    def evaluate(self) -> dict:
+        """Evaluate stage: base (extension_scale=0) and extended side by side on the same batches,
+        new-domain and reference sets, scale sweep, audio metrics, samples; writes
+        `<xp>/evaluation/metrics.json` (see `audiocraft_ext.evaluation.report`, docs/EVALUATION.md).
+        `evaluate.compare_base=false` runs MusicGenSolver's evaluate stage instead."""
+        if not self.cfg.evaluate.get('compare_base', True):
+            return super().evaluate()
+        from ..evaluation.report import run_evaluation
+        self.model.eval()
+        with torch.no_grad():
+            return run_evaluation(self)
+
     @staticmethod
     def get_eval_solver_from_sig(sig: str, dtype: tp.Optional[str] = None,
                                  device: tp.Optional[str] = None, autocast: bool = True,

@@ -1,0 +1,169 @@
+"""Evaluate an extended MusicGen run: base and extended side by side (docs/EVALUATION.md).
+
+    python -m audiocraft_ext.evaluate --config=solver/extended_musicgen sig=SIG [overrides...]
+    python -m audiocraft_ext.evaluate checkpoint=/path/to/checkpoint.th [overrides...]
+
+Like AudioCraft's `execute_only=evaluate continue_from=...`, through our own entry point
+(`audiocraft_ext.train`'s main, unchanged): the experiment's best state is restored and only the
+evaluate stage runs. Overrides are Hydra overrides on the experiment's config, e.g.
+`evaluate.reference_dset=egs/old`, `'evaluate.scale_sweep=[0,0.5,1]'`, `device=cuda`,
+`dora.dir=DIR`; they do not change the experiment.
+
+- `sig=SIG`: the XP `<dora.dir>/xps/SIG` (its `checkpoint.th`, best state). The report goes to
+  `<dora.dir>/xps/SIG/evaluation/` and the training history is not modified
+  (`execute_inplace=true`).
+- `checkpoint=PATH`: any checkpoint file of `ExtendedMusicGenSolver` (e.g. `checkpoint_25.th`).
+  Its training config is used (with the overrides on top); the evaluation runs as a new XP
+  with `continue_from=PATH` (as AudioCraft does), whose folder holds the report.
+
+The report is `<xp folder>/evaluation/metrics.json`; a table is printed at the end.
+"""
+import json
+import logging
+import os
+from pathlib import Path
+import sys
+import typing as tp
+
+import omegaconf
+
+from . import train
+
+logger = logging.getLogger(__name__)
+
+USAGE = ("usage: python -m audiocraft_ext.evaluate [--config=solver/NAME] (sig=SIG | checkpoint=PATH) "
+         "[hydra overrides...]")
+_EVAL_ARGS = ['execute_only=evaluate', 'execute_inplace=true']
+_DEFAULTS = ['evaluate.compare_base=true']  # the report; the user's overrides come after
+
+
+class EvaluationError(RuntimeError):
+    pass
+
+
+def _split_args(argv: tp.Sequence[str]) -> tp.Tuple[tp.Optional[str], tp.Optional[str], tp.List[str]]:
+    sig = checkpoint = None
+    rest: tp.List[str] = []
+    for arg in train.expand_config_flags(argv):
+        if arg.startswith('sig='):
+            sig = arg[len('sig='):].strip()
+            sig = sig[len('//sig/'):] if sig.startswith('//sig/') else sig
+        elif arg.startswith('checkpoint='):
+            checkpoint = arg[len('checkpoint='):].strip()
+        else:
+            rest.append(arg)
+    return sig, checkpoint, rest
+
+
+def _is_group_override(arg: str) -> bool:
+    key = arg.split('=', 1)[0].lstrip('+~')
+    return key in ('solver', 'dset', 'teams')
+
+
+def _set_dora_dir(overrides: tp.Sequence[str]) -> None:
+    for arg in overrides:
+        if arg.startswith('dora.dir='):
+            train.main.dora.dir = Path(arg.split('=', 1)[1]).expanduser().resolve()
+
+
+def apply_overrides(cfg: omegaconf.DictConfig, overrides: tp.Sequence[str]) -> None:
+    """Hydra-syntax `key=value` / `+key=value` overrides applied to an existing config in place."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not _is_group_override(o)])
+    with omegaconf.open_dict(cfg):
+        for override in parsed:
+            if override.is_delete():
+                omegaconf.OmegaConf.update(cfg, override.key_or_group, None, force_add=True)
+            else:
+                omegaconf.OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False,
+                                           force_add=True)
+
+
+def xp_for_sig(sig: str, overrides: tp.Sequence[str]):
+    """The trained XP, with its config recomposed from its argv plus the overrides."""
+    argv_path = Path(train.main.dora.dir) / 'xps' / sig / '.argv.json'
+    if not argv_path.exists():
+        raise EvaluationError(f"No experiment {sig!r} in {train.main.dora.dir / 'xps'}: set dora.dir=... (or "
+                              "AUDIOCRAFT_EXT_DORA_DIR) to the folder the run used.")
+    xp = train.main.get_xp_from_sig(sig)
+    if not (xp.folder / 'checkpoint.th').exists():
+        raise EvaluationError(f"{xp.folder} has no checkpoint.th yet: nothing to evaluate.")
+    ours = [arg for arg in overrides if not _is_group_override(arg) and not arg.startswith('dora.')]
+    ignored = [arg for arg in overrides if _is_group_override(arg)]
+    if ignored:
+        logger.info("Using the experiment's own config groups; ignoring %s", ignored)
+    composed = train.main.get_xp([*xp.argv, *_DEFAULTS, *ours, *_EVAL_ARGS])
+    xp.cfg = composed.cfg
+    return xp
+
+
+def xp_for_checkpoint(path: str, overrides: tp.Sequence[str]):
+    """A new XP (`continue_from=PATH`) whose config is the checkpoint's training config + overrides."""
+    from dora import git_save
+    from .solvers.xp_checkpoints import read_solver_checkpoint
+    checkpoint = Path(git_save.to_absolute_path(str(Path(path).expanduser()))).resolve()
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / 'checkpoint.th'
+    pkg = read_solver_checkpoint(checkpoint)
+    if pkg is None:
+        raise EvaluationError(f"checkpoint={path}: {checkpoint} is not a checkpoint of ExtendedMusicGenSolver.")
+    ours = [arg for arg in overrides if not arg.startswith('dora.')]
+    xp = train.main.get_xp([*ours, f'continue_from={checkpoint}', *_EVAL_ARGS])
+    cfg = xp.cfg
+    trained = pkg.get('xp.cfg')
+    if trained:
+        trained = omegaconf.OmegaConf.create(trained)
+        for key in ('dora', 'continue_from', 'execute_only', 'execute_inplace'):
+            trained.pop(key, None)
+        # The base as the run resolved it (`//sig/...` depends on dora.dir; the path does not).
+        trained.pretrained_model_checkpoint = pkg['base_model']['reference']
+        omegaconf.OmegaConf.set_struct(cfg, False)  # keys the run set at runtime (e.g. from the base)
+        cfg = omegaconf.OmegaConf.merge(cfg, trained)
+        omegaconf.OmegaConf.set_struct(cfg, True)
+    apply_overrides(cfg, [*_DEFAULTS, *ours, f'continue_from={checkpoint}', *_EVAL_ARGS])
+    xp.cfg = cfg
+    return xp
+
+
+def run(argv: tp.Sequence[str]) -> dict:
+    """Run the evaluation of `argv` (see module doc) in this process; returns the report."""
+    sig, checkpoint, overrides = _split_args(argv)
+    if bool(sig) == bool(checkpoint):
+        raise EvaluationError(f"Give exactly one of sig=SIG or checkpoint=PATH.\n{USAGE}")
+    _set_dora_dir(overrides)
+    xp = xp_for_sig(sig, overrides) if sig else xp_for_checkpoint(str(checkpoint), overrides)
+    train.main.init_xp(xp)
+    try:
+        with xp.enter():
+            train.main.main(xp.cfg)
+    finally:
+        import hydra
+        hydra.core.global_hydra.GlobalHydra.instance().clear()
+    output_dir = xp.cfg.evaluate.get('output_dir') or 'evaluation'
+    metrics_path = xp.folder / output_dir / 'metrics.json'
+    if not metrics_path.exists():
+        raise EvaluationError(f"The evaluate stage wrote no {metrics_path} (evaluate.compare_base=false?).")
+    report = json.loads(metrics_path.read_text())
+    report['metrics_path'] = str(metrics_path)
+    return report
+
+
+def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
+    from .evaluation.report import format_table
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ('-h', '--help') for arg in argv):
+        print(__doc__)
+        return 0
+    try:
+        report = run(argv)
+    except EvaluationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    print(f"\nreport: {report['metrics_path']}")
+    return 0
+
+
+if __name__ == '__main__':
+    os.environ.setdefault('PYTHONWARNINGS', 'ignore')
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Evaluation: base vs extended on new-domain and old-domain (reference) sets, in one report.
+
+A tiny random base first learns the synthetic 'old' domain (a debug run whose best state is
+merged into a 4-layer base: `pretrained_model_checkpoint=//sig/OLD`); 2 new layers are then
+trained on the 'new' domain, and `audiocraft_ext.evaluate` runs in-process on that run. The
+report's cross entropies are checked against a computation made here from the files on disk
+(soundfile + captions, `ExtendedMusicGen` from the checkpoint, `F.cross_entropy`).
+"""
+import json
+import math
+import os
+from pathlib import Path
+import subprocess
+import sys
+import typing as tp
+
+import pytest
+import soundfile
+import torch
+import torch.nn.functional as F
+
+from audiocraft_ext import evaluate, train
+from audiocraft_ext.data.synth import write_dataset
+from audiocraft_ext.evaluation import audio_metrics
+from audiocraft_ext.evaluation.report import format_table
+from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITS = [('train', 8), ('valid', 2), ('evaluate', 3), ('generate', 1)]
+SWEEP = [0.0, 0.5, 1.0]
+
+
+def train_argv(base: str, egs: Path, *extra: str) -> tp.List[str]:
+    return ['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={base}', f'egs_root={egs}',
+            'optim.epochs=2', 'optim.updates_per_epoch=12', 'optim.lr=3e-3', 'dataset.batch_size=4',
+            'dataset.train.num_samples=48', '+dataset.evaluate.segment_duration=null',
+            'dataset.evaluate.num_samples=null', 'evaluate.every=100', 'generate.every=100', *extra]
+
+
+def run_xp(argv: tp.List[str]):
+    xp = train.main.get_xp(argv)
+    train.main.init_xp(xp)
+    with xp.enter():
+        solver = train.get_solver(xp.cfg)
+        solver.run()
+    return xp
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('synth')
+    for domain in ('old', 'new'):
+        write_dataset(root, domain, num_clips=None, duration=1.0, splits=SPLITS, seed=0)
+    return root / 'egs'
+
+
+@pytest.fixture(scope='module')
+def dora_dir(tmp_path_factory) -> tp.Iterator[Path]:
+    folder = tmp_path_factory.mktemp('dora')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.main.dora, 'dir', folder)
+        yield folder
+
+
+@pytest.fixture(scope='module')
+def evaluated(data, dora_dir, single_thread_torch):
+    """(xp of the extension run, report of `python -m audiocraft_ext.evaluate sig=...` in-process)."""
+    # The old-domain run skips AudioCraft's and our evaluate stage (time); the new-domain run
+    # runs ours at its last epoch, then the command line evaluates it again.
+    old = run_xp(train_argv('//tiny/text', data / 'old', 'optim.updates_per_epoch=8',
+                            'evaluate.compare_base=false', 'evaluate.metrics.base=false'))
+    new = run_xp(train_argv(f'//sig/{old.sig}', data / 'new', 'optim.updates_per_epoch=16'))
+    report = evaluate.run(['--config=solver/extended_musicgen', f'sig={new.sig}',
+                           f'evaluate.reference_dset={data / "old"}', f'evaluate.scale_sweep={SWEEP}'])
+    return new, report
+
+
+def independent_ce(model, manifest: Path, scale: float) -> tp.Tuple[float, tp.List[float]]:
+    """Token-weighted cross entropy per codebook over every file of `manifest`, computed here."""
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    lm = model.lm
+    lm.eval()
+    lm.extension_scale = scale
+    nll = torch.zeros(lm.num_codebooks, dtype=torch.float64)
+    count = torch.zeros(lm.num_codebooks, dtype=torch.float64)
+    with torch.no_grad():
+        for line in (manifest / 'data.jsonl').read_text().splitlines():
+            path = Path(json.loads(line)['path'])
+            wav, sample_rate = soundfile.read(str(path), dtype='float32')
+            assert sample_rate == model.sample_rate
+            description = json.loads(path.with_suffix('.json').read_text())['description']
+            codes, _ = model.compression_model.encode(torch.from_numpy(wav)[None, None])  # [1, K, T]
+            out = lm.compute_predictions(codes, [ConditioningAttributes(text={'description': description})])
+            for k in range(lm.num_codebooks):
+                valid = out.mask[0, k]
+                nll[k] += F.cross_entropy(out.logits[0, k][valid], codes[0, k][valid], reduction='sum').item()
+                count[k] += valid.sum().item()
+    per_codebook = (nll / count).tolist()
+    return sum(per_codebook) / len(per_codebook), per_codebook
+
+
+def test_extension_adapts_to_the_new_domain(evaluated):
+    xp, report = evaluated
+    new = report['sets']['new']
+    print('\n' + format_table(report))
+    assert new['extended']['ce'] < new['base']['ce'] - 0.02
+    assert report['sig'] == xp.sig and report['epoch'] == 2
+    # Both sets, both models, per codebook; perplexities are exp(ce).
+    for set_name in ('new', 'reference'):
+        for model_name in ('base', 'extended'):
+            entry = report['sets'][set_name][model_name]
+            assert len(entry['ce_per_codebook']) == len(entry['ppl_per_codebook']) == 4
+            assert math.isclose(entry['ppl'], math.exp(entry['ce']), rel_tol=1e-9)
+            assert math.isclose(entry['ce'], sum(entry['ce_per_codebook']) / 4, rel_tol=1e-9)
+            assert [math.exp(v) for v in entry['ce_per_codebook']] == pytest.approx(entry['ppl_per_codebook'])
+    # Scale sweep: its ends are the base and the extended model.
+    sweep = report['scale_sweep']
+    assert sweep['scales'] == SWEEP
+    for set_name in ('new', 'reference'):
+        assert sweep[set_name][0] == report['sets'][set_name]['base']['ce']
+        assert sweep[set_name][-1] == report['sets'][set_name]['extended']['ce']
+    assert Path(report['plots']['scale_sweep']).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    # The file on disk is the report, in the XP folder.
+    assert Path(report['metrics_path']) == xp.folder / 'evaluation' / 'metrics.json'
+    # The training history is not modified by the evaluation (execute_inplace).
+    assert len(json.loads((xp.folder / 'history.json').read_text())) == 2
+
+
+def test_report_matches_an_independent_computation(evaluated, data):
+    xp, report = evaluated
+    model = extended_from_solver_checkpoint(xp.folder / 'checkpoint.th', device='cpu')
+    for set_name, manifest in (('new', data / 'new' / 'evaluate'), ('reference', data / 'old' / 'evaluate')):
+        assert report['sets'][set_name]['dataset'] == str(manifest)
+        for model_name, scale in (('base', 0.0), ('extended', 1.0)):
+            ce, per_codebook = independent_ce(model, manifest, scale)
+            entry = report['sets'][set_name][model_name]
+            assert entry['ce'] == pytest.approx(ce, rel=1e-4, abs=1e-4), (set_name, model_name)
+            assert entry['ce_per_codebook'] == pytest.approx(per_codebook, rel=1e-4, abs=1e-4)
+    # The middle of the sweep too.
+    ce, _ = independent_ce(model, data / 'new' / 'evaluate', 0.5)
+    assert report['scale_sweep']['new'][1] == pytest.approx(ce, rel=1e-4, abs=1e-4)
+
+
+def test_audio_metrics_and_samples(evaluated):
+    xp, report = evaluated
+    audio = report['audio']
+    assert audio['num_items'] == 3
+    for model_name in ('base', 'extended', 'reconstruction'):
+        value = audio[model_name][audio_metrics.FRECHET_LATENT_NAME]
+        assert math.isfinite(value) and value >= -1e-9
+    assert 'chroma_cosine' not in audio['base']  # text base: no melody
+    samples = Path(report['samples_dir'])
+    assert samples == xp.folder / 'evaluation' / 'samples'
+    base = sorted(p.name for p in (samples / 'base').glob('*.wav'))
+    extended = sorted(p.name for p in (samples / 'extended').glob('*.wav'))
+    assert base == extended and len(base) == 3
+    prompts = json.loads((samples / 'prompts.json').read_text())
+    assert [entry['name'] for entry in prompts] == base
+    assert all(entry['description'] for entry in prompts)
+    wav, sample_rate = soundfile.read(str(samples / 'extended' / base[0]))
+    assert sample_rate == 16000 and len(wav) == 16000
+
+
+def test_frechet_distance():
+    torch.manual_seed(0)
+    a, b = audio_metrics.GaussianStats(), audio_metrics.GaussianStats()
+    x = torch.randn(4000, 3)
+    for chunk in x.split(1000):  # sums over batches == one batch
+        a.update(chunk)
+    b.update(x + torch.tensor([1.0, 2.0, 0.0]))
+    assert audio_metrics.frechet_from_stats(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert audio_metrics.frechet_from_stats(a, b) == pytest.approx(5.0, abs=1e-6)  # ||shift||^2
+    mean, cov = a.mean_cov()
+    assert torch.allclose(torch.from_numpy(cov), torch.cov(x.double().t()), atol=1e-9)
+
+
+def test_unavailable_audiocraft_metrics_fail_early_and_clearly():
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(ROOT / 'audiocraft_ext' / 'configs' / 'solver' / 'extended_musicgen.yaml')
+    cfg.sample_rate = 16000
+    assert audio_metrics.check_optional_metrics(cfg) == []
+    cfg.evaluate.metrics.kld = True
+    with pytest.raises(RuntimeError, match='pip install hear21passt'):
+        audio_metrics.check_optional_metrics(cfg)
+    cfg.evaluate.metrics.kld = False
+    cfg.evaluate.metrics.text_consistency = True
+    with pytest.raises(RuntimeError, match='laion_clap'):
+        audio_metrics.check_optional_metrics(cfg)
+    cfg.evaluate.metrics.text_consistency = False
+    cfg.evaluate.metrics.fad = True
+    with pytest.raises(RuntimeError, match='vggish_model.ckpt'):
+        audio_metrics.check_optional_metrics(cfg)
+
+
+def test_errors(dora_dir):
+    with pytest.raises(evaluate.EvaluationError, match='exactly one of sig=SIG or checkpoint=PATH'):
+        evaluate.run(['--config=solver/extended_musicgen'])
+    with pytest.raises(evaluate.EvaluationError, match='No experiment'):
+        evaluate.run(['sig=doesnotexist'])
+
+
+@pytest.mark.slow
+def test_command_line_on_a_checkpoint_file(evaluated, data, tmp_path):
+    """`python -m audiocraft_ext.evaluate checkpoint=PATH`: a new XP continue_from=PATH holds the report."""
+    xp, report = evaluated
+    env = dict(os.environ, PYTHONWARNINGS='ignore')
+    result = subprocess.run(
+        [sys.executable, '-m', 'audiocraft_ext.evaluate', '--config=solver/extended_musicgen_debug',
+         f'checkpoint={xp.folder / "checkpoint_2.th"}', f'dora.dir={tmp_path / "dora"}',
+         'evaluate.scale_sweep=[0,1]', 'evaluate.samples=false', 'evaluate.audio_metrics=false'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert 'adaptation' in result.stdout and 'extended' in result.stdout
+    reports = list((tmp_path / 'dora' / 'xps').glob('*/evaluation/metrics.json'))
+    assert len(reports) == 1
+    again = json.loads(reports[0].read_text())
+    assert again['checkpoint'] == str(xp.folder / 'checkpoint_2.th') and again['epoch'] == 2
+    # checkpoint_2.th holds the same best state as checkpoint.th: same numbers (no reference set here).
+    for model_name in ('base', 'extended'):
+        assert again['sets']['new'][model_name]['ce'] == pytest.approx(
+            report['sets']['new'][model_name]['ce'], rel=1e-5)
+    assert 'reference' not in again['sets'] and again['scale_sweep']['scales'] == [0.0, 1.0]
