@@ -240,12 +240,16 @@ class ExtendedMusicGenSolver(MusicGenSolver):
     def run_epoch(self):
         # Seed every RNG from (seed, epoch): a run resumed from a checkpoint draws the same
         # dropout masks and data as an uninterrupted one (AudioCraft does not save RNG states).
+        # That includes the private generators of AudioCraft's condition dropouts (`rng`).
         import random
         import numpy as np
         seed = (int(self.cfg.seed) * 1_000_003 + self.epoch) % 2 ** 32
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+        for index, module in enumerate(self.model.modules()):
+            if isinstance(getattr(module, 'rng', None), torch.Generator):
+                module.rng.manual_seed(seed + 1 + index)
         super().run_epoch()
 
     def train(self):
