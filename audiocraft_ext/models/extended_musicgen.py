@@ -86,7 +86,7 @@ class ExtendedMusicGen(MusicGen):
                 refers to (e.g. after moving files); its hash must still match.
         """
         device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        pkg = read_torch_file(name, 'extended MusicGen file')
+        pkg = read_torch_file(name, 'ExtendedMusicGen checkpoint')
         if not is_extended_package(pkg):
             raise CheckpointError(f"{name} was not written by ExtendedMusicGen.save. For a plain MusicGen "
                                   "checkpoint use ExtendedMusicGen.from_base(path) to extend it.")
