@@ -373,13 +373,13 @@ def generate_clips(model_file: Path, data: Path, out: Path, sizes: Sizes, seed: 
     model = ExtendedMusicGen.get_pretrained(str(model_file), device=device)
     trainable, total = model.lm.parameter_counts()
     duration = min(sizes.segment, model.max_duration or sizes.segment)
-    model.set_generation_params(duration=duration, use_sampling=True, top_k=50)
     prompts = {domain: domain_prompts(data, domain, sizes.prompts) for domain in ('new', 'old')}
     written: tp.List[dict] = []
     jobs = [(variant, scale, domain) for variant, scale in (('extended', 1.0), ('base', 0.0))
             for domain in ('new', 'old')]
     for index, (variant, scale, domain) in enumerate(jobs):
-        model.set_generation_params(extension_scale=scale)
+        # every call: set_generation_params resets what it is not given (duration to 30 s)
+        model.set_generation_params(duration=duration, use_sampling=True, top_k=50, extension_scale=scale)
         torch.manual_seed(seed)
         with torch.no_grad():
             wavs = model.generate(prompts[domain])  # [B, C, T]
