@@ -13,6 +13,7 @@ reference. Generation at N = 0 is the base MusicGen.
 """
 import argparse
 import json
+import statistics
 import typing as tp
 
 import torch
@@ -29,12 +30,13 @@ def parse_args(argv: tp.Optional[tp.List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--card', type=int, default=2048)
     parser.add_argument('--n-q', type=int, default=4)
     parser.add_argument('--batch', type=int, default=4, help='training batch size')
-    parser.add_argument('--steps', type=int, nargs='+', default=[50, 100, 200, 300],
+    parser.add_argument('--steps', type=int, nargs='+', default=[50, 100, 200],
                         help='training sequence lengths (time steps); the N sweep uses the second')
     parser.add_argument('--gen-batch', type=int, default=2)
     parser.add_argument('--durations', type=float, nargs='+', default=[0.5, 1.0, 2.0],
                         help='generated seconds (50 steps/s); the N sweep uses the second')
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=3, help='rounds of the training sweeps')
+    parser.add_argument('--gen-repeats', type=int, default=5, help='rounds of the generation sweeps')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (see bench_training.py)')
     parser.add_argument('--out', default=str(common.DEFAULT_OUT))
     return parser.parse_args(argv)
@@ -64,13 +66,15 @@ def training_sweeps(args, base) -> tp.Dict[str, tp.Any]:
         by_n[f'N={n}'] = base_forward if n == 0 else \
             common.TrainingStep(common.extended_lm(base.lm, n), batch, args.device)
     times = common.run_alternating(by_n, args.repeats, args.device)
-    vs_n = {name: {'time': common.median_and_spread(times[name][_clock(args)])[0]} for name in by_n}
+    clock = _clock(args)
+    vs_n = {name: {'time': common.median_and_spread(times[name][clock])[0],
+                   'vs_full': _paired(times[name][clock], times['full'][clock])} for name in by_n}
     for name, step in by_n.items():
         if isinstance(step, common.TrainingStep):
             vs_n[name]['peak_bytes'] = step.resident_bytes() + common.peak_step_bytes(step, args.device)
     del by_n
 
-    vs_steps: tp.Dict[str, tp.Dict[int, float]] = {'full': {}, f'N={half}': {}}
+    vs_steps: tp.Dict[str, tp.Dict[int, float]] = {'full': {}, f'N={half}': {}, 'ratio': {}}
     seq_steps: tp.Dict[str, tp.Callable[[], tp.Any]] = {}
     full_lm, ext_lm = common.full_finetuning_lm(base.lm), common.extended_lm(base.lm, half)
     for length in args.steps:
@@ -80,12 +84,15 @@ def training_sweeps(args, base) -> tp.Dict[str, tp.Any]:
     times = common.run_alternating(seq_steps, args.repeats, args.device)
     for name in seq_steps:
         variant, length = name.split('@')
-        vs_steps[variant][int(length)] = common.median_and_spread(times[name][_clock(args)])[0]
+        vs_steps[variant][int(length)] = common.median_and_spread(times[name][clock])[0]
+    for length in args.steps:
+        vs_steps['ratio'][length] = _paired(times[f'N={half}@{length}'][clock], times[f'full@{length}'][clock])
     return {'counts': counts, 'steps_for_n': steps_n, 'vs_n': vs_n, 'vs_steps': vs_steps}
 
 
 def generation_sweeps(args, base) -> tp.Dict[str, tp.Any]:
-    """Seconds to generate (tokens only, no decoding) vs N and vs duration (base and N = L/2)."""
+    """Seconds to generate (tokens only, no decoding) vs N and vs duration (base and N = L/2);
+    CPU time of this process on CPU, wall time on GPU."""
     from audiocraft_ext import ExtendedMusicGen
     counts = new_layer_counts(args.layers)
     half = max(1, args.layers // 2)
@@ -94,24 +101,32 @@ def generation_sweeps(args, base) -> tp.Dict[str, tp.Any]:
     duration_n = args.durations[min(1, len(args.durations) - 1)]
 
     def seconds(model, duration):
-        return args.gen_batch * int(duration * model.frame_rate) / common.tokens_per_second(model, prompts, duration)
+        wall, cpu = common.timed(lambda: common.generate_tokens(model, prompts, duration), args.device)
+        return cpu if _clock(args) == 'cpu' else wall
 
     runs = {name: (model, duration_n) for name, model in models.items()}
     runs.update({f'{name}@{duration}': (models[name], duration)
                  for name in ('N=0', f'N={half}') for duration in args.durations if duration != duration_n})
     for model in models.values():  # warm-up
-        common.tokens_per_second(model, prompts, 0.2)
+        common.generate_tokens(model, prompts, 0.2)
     results: tp.Dict[str, tp.List[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
+    for _ in range(args.gen_repeats):
         for name, (model, duration) in runs.items():
             results[name].append(seconds(model, duration))
     median = {name: common.median_and_spread(values)[0] for name, values in results.items()}
+    # Slowdown vs the base, paired within each round (steadier than a ratio of medians).
+    slowdown = {f'N={n}': _paired(results[f'N={n}'], results['N=0']) for n in counts}
     vs_duration: tp.Dict[str, tp.Dict[float, float]] = {}
     for name in ('N=0', f'N={half}'):
         vs_duration[name] = {duration: median[name if duration == duration_n else f'{name}@{duration}']
                              for duration in args.durations}
     return {'duration_for_n': duration_n, 'vs_n': {f'N={n}': median[f'N={n}'] for n in counts},
-            'vs_duration': vs_duration}
+            'slowdown_vs_n': slowdown, 'vs_duration': vs_duration}
+
+
+def _paired(values: tp.Sequence[float], reference: tp.Sequence[float]) -> float:
+    """Median over rounds of values / reference within a round (steadier than a ratio of medians)."""
+    return statistics.median(a / b for a, b in zip(values, reference))
 
 
 def _clock(args) -> str:
@@ -122,28 +137,29 @@ def report(args, training, generation, machine: str) -> str:
     layers = args.layers
     full = training['vs_n']['full']
     lines = [f"device={args.device} dim={args.dim} L={layers} heads={args.heads} card={args.card} K={args.n_q} "
-             f"batch={args.batch} repeats={args.repeats} ({_clock(args)} time, medians)",
+             f"batch={args.batch} repeats={args.repeats} ({_clock(args)} time, medians; ratios: median of the "
+             "per-round ratio)",
              f"machine: {machine}", '',
              f"training step vs N (seq {training['steps_for_n']}), full fine-tuning: {full['time']:.3f} s, "
-             f"{full['peak_bytes'] / 2**20:.0f} MB",
-             f"{'N':>4}{'step s':>9}{'vs full':>9}{'estimate':>10}{'peak MB':>9}{'vs full':>9}"]
+             f"{full['peak_bytes'] / 2**20:.0f} MiB",
+             f"{'N':>4}{'step s':>9}{'vs full':>9}{'estimate':>10}{'peak MiB':>10}{'vs full':>9}"]
     for n in training['counts']:
         entry = training['vs_n'][f'N={n}']
         estimate = (layers + 3 * n) / (3 * layers)
-        memory = (f"{entry['peak_bytes'] / 2**20:>9.0f}{entry['peak_bytes'] / full['peak_bytes']:>9.3f}"
+        memory = (f"{entry['peak_bytes'] / 2**20:>10.0f}{entry['peak_bytes'] / full['peak_bytes']:>9.3f}"
                   if 'peak_bytes' in entry else f"{'(no-grad base forward only)':>30}")
-        lines.append(f"{n:>4}{entry['time']:>9.3f}{entry['time'] / full['time']:>9.3f}{estimate:>10.3f}{memory}")
+        lines.append(f"{n:>4}{entry['time']:>9.3f}{entry['vs_full']:>9.3f}{estimate:>10.3f}{memory}")
     half = max(1, layers // 2)
     lines += ['', f"training step vs sequence length (s)", f"{'steps':>6}{'full':>9}{f'N={half}':>9}{'ratio':>8}"]
     for length, value in training['vs_steps']['full'].items():
         extended = training['vs_steps'][f'N={half}'][length]
-        lines.append(f"{length:>6}{value:>9.3f}{extended:>9.3f}{extended / value:>8.3f}")
-    base_time = generation['vs_n']['N=0']
-    lines += ['', f"generation vs N ({generation['duration_for_n']} s, batch {args.gen_batch}, wall time)",
+        lines.append(f"{length:>6}{value:>9.3f}{extended:>9.3f}{training['vs_steps']['ratio'][length]:>8.3f}")
+    lines += ['', f"generation vs N ({generation['duration_for_n']} s, batch {args.gen_batch}, {_clock(args)} time, "
+                  f"{args.gen_repeats} rounds; vs base: median of the per-round ratio)",
               f"{'N':>4}{'seconds':>9}{'vs base':>9}{'(L+N)/L':>9}"]
     for n in training['counts']:
-        value = generation['vs_n'][f'N={n}']
-        lines.append(f"{n:>4}{value:>9.3f}{value / base_time:>9.3f}{(layers + n) / layers:>9.3f}")
+        value, slowdown = generation['vs_n'][f'N={n}'], generation['slowdown_vs_n'][f'N={n}']
+        lines.append(f"{n:>4}{value:>9.3f}{slowdown:>9.3f}{(layers + n) / layers:>9.3f}")
     lines += ['', 'generation vs duration (s)', f"{'dur s':>6}{'base':>9}{f'N={half}':>9}{'ratio':>8}"]
     for duration, value in generation['vs_duration']['N=0'].items():
         extended = generation['vs_duration'][f'N={half}'][duration]
@@ -151,17 +167,10 @@ def report(args, training, generation, machine: str) -> str:
     return '\n'.join(lines)
 
 
-def _plain_log_ticks(ax, null_formatter, scalar_formatter) -> None:
-    ax.xaxis.set_minor_formatter(null_formatter())
-    ax.yaxis.set_minor_formatter(null_formatter())
-    ax.yaxis.set_major_formatter(scalar_formatter())
-
-
 def plot(args, training, generation, path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
     layers, half = args.layers, max(1, args.layers // 2)
     counts = training['counts']
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
@@ -179,24 +188,22 @@ def plot(args, training, generation, path) -> None:
     lengths = sorted(training['vs_steps']['full'])
     for name, label in (('full', 'full fine-tuning'), (f'N={half}', f'extended N = {half}')):
         ax.plot(lengths, [training['vs_steps'][name][s] for s in lengths], 'o-', label=label)
-    ax.set(xlabel='sequence length (steps)', ylabel=f'{_clock(args)} s / step', xscale='log', yscale='log',
-           xticks=lengths, xticklabels=[str(s) for s in lengths], title='training step vs sequence length')
-    _plain_log_ticks(ax, NullFormatter, ScalarFormatter)
+    ax.set(xlabel='sequence length (steps)', ylabel=f'{_clock(args)} s / step', xticks=lengths,
+           title='training step vs sequence length')
     ax.legend(fontsize=8)
     ax = axes[1, 0]
     base = generation['vs_n']['N=0']
     ax.plot(counts, [generation['vs_n'][f'N={n}'] for n in counts], 'o-', label='measured')
     ax.plot(counts, [base * (layers + n) / layers for n in counts], '--', label='limit (L + N) / L x base')
-    ax.set(xlabel='new layers N', ylabel='wall s', xticks=counts,
+    ax.set(xlabel='new layers N', ylabel=f'{_clock(args)} s', xticks=counts,
            title=f"generation of {generation['duration_for_n']} s vs N (batch {args.gen_batch})")
     ax.legend(fontsize=8)
     ax = axes[1, 1]
     durations = sorted(generation['vs_duration']['N=0'])
     for name, label in (('N=0', 'base'), (f'N={half}', f'extended N = {half}')):
         ax.plot(durations, [generation['vs_duration'][name][d] for d in durations], 'o-', label=label)
-    ax.set(xlabel='generated audio (s)', ylabel='wall s', xscale='log', yscale='log', xticks=durations,
-           xticklabels=[str(d) for d in durations], title='generation time vs duration')
-    _plain_log_ticks(ax, NullFormatter, ScalarFormatter)
+    ax.set(xlabel='generated audio (s)', ylabel=f'{_clock(args)} s', xticks=durations,
+           title='generation time vs duration')
     ax.legend(fontsize=8)
     fig.suptitle(f"device={args.device} dim={args.dim} L={layers} heads={args.heads} card={args.card} "
                  f"batch={args.batch}")

@@ -22,6 +22,7 @@ extended L + 3N, feature cache 3N; at N = L/2 that is 0.83x and 0.5x of full fin
 """
 import argparse
 import json
+import statistics
 import typing as tp
 
 import torch
@@ -29,7 +30,7 @@ import torch
 import common
 
 PRESETS = {
-    'cpu': dict(dim=256, layers=8, heads=8, new_layers=4, card=2048, n_q=4, batch=4, steps=150, repeats=7),
+    'cpu': dict(dim=256, layers=8, heads=8, new_layers=4, card=2048, n_q=4, batch=4, steps=150, repeats=12),
     'musicgen-small': dict(dim=1024, layers=24, heads=16, new_layers=12, card=2048, n_q=4, batch=8,
                            steps=1500, repeats=10),
 }
@@ -111,10 +112,22 @@ def measure(args: argparse.Namespace) -> tp.Dict[str, tp.Any]:
             entry['resident_bytes'] = step.resident_bytes()
             entry['peak_bytes'] = entry['resident_bytes'] + entry['peak_step_bytes']
         results['variants'][name] = entry
-    limit = {key: results['variants']['base'][key] + results['variants']['cache'][key]
-             for key in ('wall', 'cpu', 'gflop') if key in results['variants']['base']}
+    base, cache = results['variants']['base'], results['variants']['cache']
+    limit = {key: base[key] + cache[key] for key in ('wall', 'cpu', 'gflop') if key in base}
+    for clock in ('wall', 'cpu'):  # per round, to pair it with the other variants of that round
+        limit[clock + '_all'] = [a + b for a, b in zip(base[clock + '_all'], cache[clock + '_all'])]
     results['variants']['limit'] = limit
     return results
+
+
+def paired_ratio(entry: tp.Dict[str, tp.Any], reference: tp.Dict[str, tp.Any], clock: str) -> tp.Tuple[float, float, float]:
+    """Median, min and max over rounds of entry / reference measured in the same round.
+
+    Load on a shared machine drifts over seconds; the two steps of one round see nearly the same
+    load, so the per-round ratio is steadier than the ratio of the medians.
+    """
+    ratios = [a / b for a, b in zip(entry[clock + '_all'], reference[clock + '_all'])]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def report(results: tp.Dict[str, tp.Any]) -> str:
@@ -130,7 +143,7 @@ def report(results: tp.Dict[str, tp.Any]) -> str:
              f"({100 * results['info']['trainable'] / results['info']['total']:.1f}%), "
              f"full fine-tuning {results['info']['full_trainable']:,}",
              '',
-             f"{'variant':<42}{'wall s':>8}{'spread':>8}{'cpu s':>8}{'spread':>8}{'GFLOP':>8}{'peak MB':>9}"]
+             f"{'variant':<42}{'wall s':>8}{'spread':>8}{'cpu s':>8}{'spread':>8}{'GFLOP':>8}{'peak MiB':>10}"]
     names = {'full': 'full fine-tuning (L layers trainable)', 'extended': 'extended (frozen L + N new)',
              'base': '(a) no-grad forward of the frozen base', 'cache': '(b) new layers + heads (feature cache)',
              'limit': 'limit = (a) + (b)'}
@@ -140,40 +153,43 @@ def report(results: tp.Dict[str, tp.Any]) -> str:
         lines.append(f"{label:<42}{entry['wall']:>8.3f}{spread('wall_spread')}{entry['cpu']:>8.3f}"
                      f"{spread('cpu_spread')}"
                      + (f"{entry['gflop']:>8.1f}" if 'gflop' in entry else f"{'':>8}")
-                     + (f"{entry['peak_bytes'] / 2**20:>9.0f}" if 'peak_bytes' in entry else ''))
+                     + (f"{entry['peak_bytes'] / 2**20:>10.0f}" if 'peak_bytes' in entry else ''))
 
     estimate = layer_estimates(args.layers, args.new_layers)
     full = variants['full']
 
-    def ratio(key: str, measure: str, reference: tp.Dict[str, float] = full) -> str:
-        entry = variants[key]
-        return f"{entry[measure] / reference[measure]:>8.3f}" if measure in entry and measure in reference \
-            else f"{'-':>8}"
+    def ratio(key: str, clock: str, reference: str = 'full') -> str:
+        """Paired per-round ratio: 'median [min-max]'; FLOPs: exact ratio."""
+        entry, ref = variants[key], variants[reference]
+        if clock == 'gflop':
+            return f"{entry['gflop'] / ref['gflop']:>8.3f}" if 'gflop' in entry and 'gflop' in ref else f"{'-':>8}"
+        median, low, high = paired_ratio(entry, ref, clock)
+        return f"{median:>8.3f} [{low:.2f}-{high:.2f}]"
 
-    lines += ['', f"{'ratio vs full fine-tuning':<42}{'wall':>8}{'cpu':>8}{'FLOPs':>8}{'estimate':>10}  target",
-              f"{'extended step':<42}{ratio('extended', 'wall')}{ratio('extended', 'cpu')}"
-              f"{ratio('extended', 'gflop')}{estimate['extended']:>10.3f}",
-              f"{'limit: no-grad base + new layers':<42}{ratio('limit', 'wall')}{ratio('limit', 'cpu')}"
-              f"{ratio('limit', 'gflop')}{estimate['extended']:>10.3f}",
-              f"{'feature cache: new layers + heads only':<42}{ratio('cache', 'wall')}{ratio('cache', 'cpu')}"
-              f"{ratio('cache', 'gflop')}{estimate['cache']:>10.3f}  <= 0.55",
-              f"{'extended step / limit':<42}{ratio('extended', 'wall', variants['limit'])}"
-              f"{ratio('extended', 'cpu', variants['limit'])}{ratio('extended', 'gflop', variants['limit'])}"
-              f"{1.0:>10.3f}  <= 1.10"]
+    rows = [('extended step', 'extended', 'full', f"{estimate['extended']:>10.3f}", ''),
+            ('limit: no-grad base + new layers', 'limit', 'full', f"{estimate['extended']:>10.3f}", ''),
+            ('feature cache: new layers + heads only', 'cache', 'full', f"{estimate['cache']:>10.3f}", '  <= 0.55'),
+            ('extended step / limit', 'extended', 'limit', f"{1.0:>10.3f}", '  <= 1.10')]
+    lines += ['', f"{'ratio vs full fine-tuning':<42}{'wall [min-max]':>20}{'cpu [min-max]':>20}"
+                  f"{'FLOPs':>8}{'estimate':>10}  target"]
+    for label, key, reference, estimate_text, target in rows:
+        lines.append(f"{label:<42}{ratio(key, 'wall', reference):>20}{ratio(key, 'cpu', reference):>20}"
+                     f"{ratio(key, 'gflop', reference)}{estimate_text}{target}")
     if 'peak_bytes' in full:
-        lines += [f"{'peak memory: extended':<42}{variants['extended']['peak_bytes'] / full['peak_bytes']:>8.3f}"
-                  f"{'':>26}  <= 0.50",
-                  f"{'peak memory: feature cache':<42}{variants['cache']['peak_bytes'] / full['peak_bytes']:>8.3f}",
+        lines += [f"{'peak memory: extended':<42}{variants['extended']['peak_bytes'] / full['peak_bytes']:>20.3f}"
+                  f"{'':>38}  <= 0.50",
+                  f"{'peak memory: feature cache':<42}{variants['cache']['peak_bytes'] / full['peak_bytes']:>20.3f}",
                   '', 'peak memory = resident (weights, buffers, optimizer state) + peak allocated during the step:']
         for key in ('full', 'extended', 'cache'):
             entry = variants[key]
-            lines.append(f"  {names[key]:<42} {entry['resident_bytes'] / 2**20:8.1f} MB + "
-                         f"{entry['peak_step_bytes'] / 2**20:8.1f} MB")
+            lines.append(f"  {names[key]:<42} {entry['resident_bytes'] / 2**20:8.1f} MiB + "
+                         f"{entry['peak_step_bytes'] / 2**20:8.1f} MiB")
     if args.memory_only:
         lines += ['', 'memory only: the times above are of one cold step each, not measurements.']
-    lines += ['', f"targets checked on {clock} time"
-              + (' (CPU time of this process: steadier than wall time on a shared CPU)' if on_cpu else '')
-              + f"; spread = (max - min) / median over {args.repeats} alternating repeats."]
+    lines += ['', f"times: medians over {args.repeats} alternating rounds, spread = (max - min) / median; "
+                  "ratios: median [min-max] over rounds of the ratio within a round.",
+              f"targets are read on {clock} time"
+              + (' (CPU time of this process: steadier than wall time on a shared CPU).' if on_cpu else '.')]
     return '\n'.join(lines)
 
 

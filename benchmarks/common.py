@@ -99,16 +99,18 @@ def run_alternating(steps: tp.Dict[str, tp.Callable[[], tp.Any]], repeats: int, 
     return times
 
 
-def tokens_per_second(model, prompts: tp.List[str], duration: float) -> float:
-    """Generated tokens (time steps x batch) per second of `model.generate` internals, no decoding."""
+def generate_tokens(model, prompts: tp.List[str], duration: float) -> None:
+    """Generate `duration` seconds of tokens for `prompts` (MusicGen.generate without decoding)."""
     model.set_generation_params(duration=duration, top_k=50)
-    steps = int(duration * model.frame_rate)
-    synchronize(model.device)
-    start = time.perf_counter()
     attributes, _ = model._prepare_tokens_and_attributes(prompts, None)
     model._generate_tokens(attributes, None, progress=False)
-    synchronize(model.device)
-    return len(prompts) * steps / (time.perf_counter() - start)
+
+
+def tokens_per_second(model, prompts: tp.List[str], duration: float) -> float:
+    """Generated tokens (time steps x batch) per second of wall time, no decoding."""
+    steps = int(duration * model.frame_rate)
+    wall, _ = timed(lambda: generate_tokens(model, prompts, duration), model.device)
+    return len(prompts) * steps / wall
 
 
 # ---------------------------------------------------------------------------------------------
