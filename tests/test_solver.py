@@ -88,6 +88,10 @@ def test_trains_only_the_new_layers(exported_bases, trained):
     # model + best state + EMA + 2 AdamW moments of the extension, small metadata; no base copy.
     assert checkpoint.stat().st_size < 5 * extension_bytes + 64_000 < 5 * extension_bytes + base_bytes
     assert len(state['history']) == 2
+    # A loss-curve PNG per run, redrawn after every epoch.
+    from matplotlib.image import imread
+    curves = imread(xp.folder / 'loss_curves.png')
+    assert curves.ndim == 3 and curves.shape[0] > 100 and curves.shape[1] > 100
 
     # Only the extension changed: the base is bit-identical to the file it came from.
     fresh = build_tiny_musicgen('text', seed=0).lm.state_dict()

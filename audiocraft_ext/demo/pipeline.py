@@ -37,6 +37,7 @@ import sys
 import time
 import typing as tp
 
+from ..evaluation.plots import plot_loss_curves
 from .progress import CondensedLog, Steps, condensed_stderr, format_seconds
 
 STEPS = ('Synthetic data', 'Compression model', 'Base MusicGen on the old domain',
@@ -394,11 +395,6 @@ def generate_clips(model_file: Path, data: Path, out: Path, sizes: Sizes, seed: 
             'num_additional_layers': model.lm.num_additional_layers}
 
 
-def evaluate_available() -> bool:
-    import importlib.util
-    return importlib.util.find_spec('audiocraft_ext.evaluate') is not None
-
-
 def run_evaluate(xp: Path, dora_dir: Path, data: Path, log_path: Path, steps: Steps) -> dict:
     """`python -m audiocraft_ext.evaluate` on the run; returns its metrics.json."""
     argv = ['--config=solver/extended_musicgen', f'sig={xp.name}', f'dora.dir={dora_dir}',
@@ -410,90 +406,6 @@ def run_evaluate(xp: Path, dora_dir: Path, data: Path, log_path: Path, steps: St
     metrics = json.loads(metrics_path.read_text())
     metrics['_path'] = str(metrics_path)
     return metrics
-
-
-def fallback_cross_entropy(model_file: Path, data: Path, out: Path, device: str,
-                           scales: tp.Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)) -> dict:
-    """FALLBACK, used only while `audiocraft_ext.evaluate` is missing: CE of base and extended.
-
-    Cross entropy of the LM over every codebook and step (the delay pattern's valid positions),
-    with the clip's caption as condition, on each domain's evaluate split, for several
-    `extension_scale` values (0 = base).
-    """
-    import torch
-    from audiocraft.modules.conditioners import ConditioningAttributes
-    from ..data.synth import SPLITS  # noqa: F401
-    from ..models.extended_musicgen import ExtendedMusicGen
-    import soundfile
-    model = ExtendedMusicGen.get_pretrained(str(model_file), device=device)
-    model.lm.eval()
-    sweep: tp.Dict[str, tp.Dict[str, float]] = {}
-    for domain in ('new', 'old'):
-        folder = data / 'audio' / domain / 'evaluate'
-        wavs, conditions = [], []
-        for path in sorted(folder.glob('*.wav')):
-            wav, _ = soundfile.read(str(path), dtype='float32')
-            wavs.append(torch.from_numpy(wav)[None])
-            description = json.loads(path.with_suffix('.json').read_text())['description']
-            conditions.append(ConditioningAttributes(text={'description': description}))
-        length = min(w.shape[-1] for w in wavs)
-        batch = torch.stack([w[..., :length] for w in wavs]).to(device)  # [B, 1, T]
-        with torch.no_grad():
-            codes, _ = model.compression_model.encode(batch)  # [B, K, S]
-            for scale in scales:
-                model.extension_scale = scale
-                output = model.lm.compute_predictions(codes, conditions)
-                logits, mask = output.logits, output.mask  # [B, K, S, card], [B, K, S]
-                ce = torch.nn.functional.cross_entropy(logits[mask], codes[mask])
-                sweep.setdefault(domain, {})[f'{scale:g}'] = float(ce)
-    model.extension_scale = 1.0
-    plot = plot_scale_sweep(sweep, out / 'plots' / 'scale_sweep.png')
-    return {'fallback': True, 'sets': {
-        'new': {'base': {'ce': sweep['new']['0']}, 'extended': {'ce': sweep['new']['1']}},
-        'reference': {'base': {'ce': sweep['old']['0']}, 'extended': {'ce': sweep['old']['1']}}},
-        'scale_sweep': sweep, 'plots': {'scale_sweep': str(plot)}}
-
-
-def plot_scale_sweep(sweep: tp.Dict[str, tp.Dict[str, float]], path: Path) -> Path:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for domain, values in sweep.items():
-        scales = sorted(values, key=float)
-        ax.plot([float(s) for s in scales], [values[s] for s in scales], marker='o', label=f'{domain} domain')
-    ax.set_xlabel('extension_scale (0 = base, 1 = as trained)')
-    ax.set_ylabel('cross entropy')
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_loss_curves(histories: tp.Dict[str, tp.List[dict]], path: Path) -> Path:
-    """Train and valid cross entropy per epoch, one panel per run (from Dora's history.json)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    path.parent.mkdir(parents=True, exist_ok=True)
-    runs = {name: history for name, history in histories.items() if history}
-    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(5 * max(1, len(runs)), 3.5), squeeze=False)
-    for ax, (name, history) in zip(axes[0], runs.items()):
-        for stage in ('train', 'valid'):
-            points = [(epoch + 1, entry[stage]['ce']) for epoch, entry in enumerate(history)
-                      if 'ce' in entry.get(stage, {})]
-            if points:
-                ax.plot(*zip(*points), marker='o', label=stage)
-        ax.set_title(name)
-        ax.set_xlabel('epoch')
-        ax.set_ylabel('cross entropy')
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def _get(metrics: dict, *keys: str) -> float:
@@ -570,15 +482,9 @@ def run_demo(args: argparse.Namespace) -> int:
     generation = generate_clips(model_file, data, out, sizes, args.seed, args.device, steps)
     steps.end()
 
-    if evaluate_available():
-        steps.begin(STEPS[5], "python -m audiocraft_ext.evaluate")
-        metrics = run_evaluate(xp, dora_dir, data, logs / 'evaluate.log', steps)
-    else:
-        steps.begin(STEPS[5], "FALLBACK: audiocraft_ext.evaluate is not installed yet, cross entropy "
-                    "computed by the demo itself")
-        metrics = fallback_cross_entropy(model_file, data, out, args.device)
-    shutil.copy(metrics['_path'], out / 'metrics.json') if '_path' in metrics else \
-        (out / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+    steps.begin(STEPS[5], "python -m audiocraft_ext.evaluate")
+    metrics = run_evaluate(xp, dora_dir, data, logs / 'evaluate.log', steps)
+    shutil.copy(metrics['_path'], out / 'metrics.json')
     steps.end()
 
     steps.begin(STEPS[6])
@@ -602,7 +508,6 @@ def run_demo(args: argparse.Namespace) -> int:
         'trainable_fraction': generation['trainable'] / generation['total'],
         'training_wall_s': timing['wall_s'], 'training_s': timing['work_s'],
         'cross_entropy': ce, 'metrics': str(out / 'metrics.json'),
-        'evaluation': 'fallback (demo)' if metrics.get('fallback') else 'python -m audiocraft_ext.evaluate',
         'clips': generation['clips'], 'plots': {'loss_curves': str(loss_plot), 'scale_sweep': sweep_plot},
         'step_times_s': steps.times, 'total_s': steps.total,
     }
@@ -627,16 +532,16 @@ def print_summary(summary: dict, generation: dict, steps: Steps) -> None:
         f"({100 * summary['trainable_fraction']:.1f}%)",
         f"  training      {format_seconds(summary['training_s'])} "
         f"({format_seconds(summary['training_wall_s'])} with start-up)",
-        f"  cross entropy (lower is better)   base   extended",
-        f"    new domain (fast, minor, plucks/leads/bells)  {ce['new']['base']:6.3f}  {ce['new']['extended']:6.3f}"
+        f"  cross entropy (lower is better)                  base  extended",
+        f"    new domain (fast, minor, plucks/leads/bells)  {ce['new']['base']:6.3f}    {ce['new']['extended']:6.3f}"
         f"  ({ce['new']['extended'] - ce['new']['base']:+.3f})",
-        f"    old domain (slow, major, pads/organ/flute)    {ce['old']['base']:6.3f}  {ce['old']['extended']:6.3f}"
+        f"    old domain (slow, major, pads/organ/flute)    {ce['old']['base']:6.3f}    {ce['old']['extended']:6.3f}"
         f"  ({ce['old']['extended'] - ce['old']['base']:+.3f})",
         f"  audio         {rel(summary['out'])}/audio/{{extended,base}}/{{new,old}}_*.wav "
         f"({len(summary['clips'])} clips, {generation['duration']:g} s)",
         f"  plots         {rel(summary['plots']['loss_curves'])}",
         f"                {rel(summary['plots']['scale_sweep']) if summary['plots']['scale_sweep'] else '-'}",
-        f"  metrics       {rel(summary['metrics'])} ({summary['evaluation']}), summary.json, logs/",
+        f"  metrics       {rel(summary['metrics'])} (python -m audiocraft_ext.evaluate), summary.json, logs/",
         f"  total time    {format_seconds(summary['total_s'])}",
         '=' * width,
     ]

@@ -297,6 +297,14 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         metrics['skipped'] = 0.0
         return metrics
 
+    def commit(self, save_checkpoints: bool = True) -> None:
+        """AudioCraft's end of epoch, then `<xp>/loss_curves.png` (train/valid CE per epoch) on rank 0."""
+        import flashy
+        super().commit(save_checkpoints)
+        if flashy.distrib.is_rank_zero() and self.history:
+            from ..evaluation.plots import plot_loss_curves
+            plot_loss_curves({f'XP {self.xp.sig}': self.history}, self.folder / 'loss_curves.png')
+
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The solver state with plain containers only, loadable with `torch.load(weights_only=True)`."""
