@@ -186,3 +186,18 @@ def test_refuses_checkpoint_of_another_base(trained, other_text_base, egs):
     _, solver = make_solver(debug_argv(other_text_base, egs, f'continue_from=//sig/{xp.sig}'))
     with pytest.raises(RuntimeError, match='hash'):
         solver.restore()
+
+
+def test_compression_token_cache_is_written_and_reading_it_is_refused_clearly(exported_bases, egs, dora_dir,
+                                                                             tmp_path):
+    """AudioCraft's `cache.path`: `cache.write=true` stores the tokens of every training batch
+    (MusicGenSolver's code, kept). Reading them back is broken in AudioCraft 1.3.0 itself (its
+    loader asserts cached MusicInfo objects are tensors), so the solver refuses it up front."""
+    cache = tmp_path / 'token_cache'
+    base = exported_bases['text']
+    xp, _ = run_xp(debug_argv(base, egs, f'cache.path={cache}', 'cache.write=true', 'label=cache_write'))
+    assert len(load_checkpoint(xp.folder / 'checkpoint.th')['history']) == 2
+    written = [path for path in cache.rglob('*.zip')]
+    assert len(written) == 2 * 2, "one zip per training batch of each of the 2 epochs"
+    with pytest.raises(NotImplementedError, match='CachedBatchLoader'):
+        run_xp(debug_argv(base, egs, f'cache.path={cache}', 'label=cache_read'))

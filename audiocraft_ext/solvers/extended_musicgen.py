@@ -92,6 +92,12 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self._base = None
         self.base_reference: str = ''
         self.base_hash: str = ''
+        if cfg.cache.path and not cfg.cache.write:
+            raise NotImplementedError(
+                "Training from a token cache (cache.path without cache.write) does not work with AudioCraft "
+                "1.3.0: its CachedBatchLoader asserts that every cached field is a tensor, but MusicGenSolver "
+                "caches MusicInfo objects (audiocraft/utils/cache.py, _load_one), so stock MusicGen training "
+                "fails the same way. Train without cache.path; writing a cache (cache.write=true) works.")
         super().__init__(cfg)
 
     # ---- base model -------------------------------------------------------------------------
