@@ -150,7 +150,7 @@ def report(args, training, generation, machine: str) -> str:
                   if 'peak_bytes' in entry else f"{'(no-grad base forward only)':>30}")
         lines.append(f"{n:>4}{entry['time']:>9.3f}{entry['vs_full']:>9.3f}{estimate:>10.3f}{memory}")
     half = max(1, layers // 2)
-    lines += ['', f"training step vs sequence length (s)", f"{'steps':>6}{'full':>9}{f'N={half}':>9}{'ratio':>8}"]
+    lines += ['', "training step vs sequence length (s)", f"{'steps':>6}{'full':>9}{f'N={half}':>9}{'ratio':>8}"]
     for length, value in training['vs_steps']['full'].items():
         extended = training['vs_steps'][f'N={half}'][length]
         lines.append(f"{length:>6}{value:>9.3f}{extended:>9.3f}{training['vs_steps']['ratio'][length]:>8.3f}")

@@ -149,3 +149,23 @@ def single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def dora_dir(tmp_path_factory) -> tp.Iterator[Path]:
+    """Experiments of the requesting test module live in a temporary Dora folder."""
+    from audiocraft_ext import train
+    folder = tmp_path_factory.mktemp('dora')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.main.dora, 'dir', folder)
+        yield folder
+
+
+@pytest.fixture(scope='module')
+def egs(tmp_path_factory) -> Path:
+    """A prepared dataset of 6 synthetic 1.5 s tones with captions (`egs_root=` for `dset=audio/egs`)."""
+    from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
+    root = tmp_path_factory.mktemp('data')
+    write_synthetic_audio(root / 'audio', num_files=6, duration=1.5)
+    prepare_data(root / 'audio', root / 'egs', captions=root / 'audio' / 'captions.csv')
+    return root / 'egs'

@@ -54,13 +54,6 @@ def data(tmp_path_factory) -> Path:
     return root / 'egs'
 
 
-@pytest.fixture(scope='module')
-def dora_dir(tmp_path_factory) -> tp.Iterator[Path]:
-    folder = tmp_path_factory.mktemp('dora')
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train.main.dora, 'dir', folder)
-        yield folder
-
 
 @pytest.fixture(scope='module')
 def evaluated(data, dora_dir, single_thread_torch):

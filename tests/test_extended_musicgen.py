@@ -8,7 +8,7 @@ from audiocraft.models.lm import LMModel
 
 from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.models.checkpoints import CheckpointError
-from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, offline_demucs
+from audiocraft_ext.models.tiny import build_tiny_musicgen, offline_demucs
 
 from conftest import melody_wav, model_logits, perturb_extension
 

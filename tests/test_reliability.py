@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from audiocraft_ext import train
-from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
 from audiocraft_ext.models import checkpoints
 from audiocraft_ext.models.checkpoints import weights_hash
 from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
@@ -25,21 +24,9 @@ from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.solvers import safety
 from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint
 
-
-@pytest.fixture(scope='module')
-def egs(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp('data')
-    write_synthetic_audio(root / 'audio', num_files=6, duration=1.5)
-    prepare_data(root / 'audio', root / 'egs', captions=root / 'audio' / 'captions.csv')
-    return root / 'egs'
+pytestmark = pytest.mark.usefixtures('dora_dir')  # every run here writes to a temporary Dora folder
 
 
-@pytest.fixture(scope='module', autouse=True)
-def dora_dir(tmp_path_factory) -> tp.Iterator[Path]:
-    folder = tmp_path_factory.mktemp('dora')
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train.main.dora, 'dir', folder)
-        yield folder
 
 
 def argv(base: tp.Any, egs: Path, *extra: str) -> tp.List[str]:

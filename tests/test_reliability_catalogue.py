@@ -19,13 +19,8 @@ from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.solvers.safety import DataCheckError
 from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint
 
+pytestmark = pytest.mark.usefixtures('dora_dir')  # every run here writes to a temporary Dora folder
 
-@pytest.fixture(scope='module', autouse=True)
-def dora_dir(tmp_path_factory) -> tp.Iterator[Path]:
-    folder = tmp_path_factory.mktemp('dora')
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train.main.dora, 'dir', folder)
-        yield folder
 
 
 def make_egs(root: Path) -> Path:

@@ -532,7 +532,7 @@ def print_summary(summary: dict, generation: dict, steps: Steps) -> None:
         f"({100 * summary['trainable_fraction']:.1f}%)",
         f"  training      {format_seconds(summary['training_s'])} "
         f"({format_seconds(summary['training_wall_s'])} with start-up)",
-        f"  cross entropy (lower is better)                  base  extended",
+        "  cross entropy (lower is better)                  base  extended",
         f"    new domain (fast, minor, plucks/leads/bells)  {ce['new']['base']:6.3f}    {ce['new']['extended']:6.3f}"
         f"  ({ce['new']['extended'] - ce['new']['base']:+.3f})",
         f"    old domain (slow, major, pads/organ/flute)    {ce['old']['base']:6.3f}    {ce['old']['extended']:6.3f}"
