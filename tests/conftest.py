@@ -169,3 +169,14 @@ def egs(tmp_path_factory) -> Path:
     write_synthetic_audio(root / 'audio', num_files=6, duration=1.5)
     prepare_data(root / 'audio', root / 'egs', captions=root / 'audio' / 'captions.csv')
     return root / 'egs'
+
+
+def run_xp(argv: tp.List[str]):
+    """Run the XP `argv` in-process, as `python -m audiocraft_ext.train *argv` does: (xp, solver)."""
+    from audiocraft_ext import train
+    xp = train.main.get_xp(argv)
+    train.main.init_xp(xp)
+    with xp.enter():
+        solver = train.get_solver(xp.cfg)
+        solver.run()
+    return xp, solver

@@ -19,11 +19,13 @@ import soundfile
 import torch
 import torch.nn.functional as F
 
-from audiocraft_ext import evaluate, train
+from audiocraft_ext import evaluate
 from audiocraft_ext.data.synth import write_dataset
 from audiocraft_ext.evaluation import audio_metrics
 from audiocraft_ext.evaluation.report import format_table
 from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint
+
+from conftest import run_xp
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = [('train', 8), ('valid', 2), ('evaluate', 3), ('generate', 1)]
@@ -35,15 +37,6 @@ def train_argv(base: str, egs: Path, *extra: str) -> tp.List[str]:
             'optim.epochs=2', 'optim.updates_per_epoch=12', 'optim.lr=3e-3', 'dataset.batch_size=4',
             'dataset.train.num_samples=48', '+dataset.evaluate.segment_duration=null',
             'dataset.evaluate.num_samples=null', 'evaluate.every=100', 'generate.every=100', *extra]
-
-
-def run_xp(argv: tp.List[str]):
-    xp = train.main.get_xp(argv)
-    train.main.init_xp(xp)
-    with xp.enter():
-        solver = train.get_solver(xp.cfg)
-        solver.run()
-    return xp
 
 
 @pytest.fixture(scope='module')
@@ -60,9 +53,9 @@ def evaluated(data, dora_dir, single_thread_torch):
     """(xp of the extension run, report of `python -m audiocraft_ext.evaluate sig=...` in-process)."""
     # The old-domain run skips AudioCraft's and our evaluate stage (time); the new-domain run
     # runs ours at its last epoch, then the command line evaluates it again.
-    old = run_xp(train_argv('//tiny/text', data / 'old', 'optim.updates_per_epoch=8',
+    old, _ = run_xp(train_argv('//tiny/text', data / 'old', 'optim.updates_per_epoch=8',
                             'evaluate.compare_base=false', 'evaluate.metrics.base=false'))
-    new = run_xp(train_argv(f'//sig/{old.sig}', data / 'new', 'optim.updates_per_epoch=16'))
+    new, _ = run_xp(train_argv(f'//sig/{old.sig}', data / 'new', 'optim.updates_per_epoch=16'))
     report = evaluate.run(['--config=solver/extended_musicgen', f'sig={new.sig}',
                            f'evaluate.reference_dset={data / "old"}', f'evaluate.scale_sweep={SWEEP}'])
     return new, report

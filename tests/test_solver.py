@@ -16,6 +16,8 @@ from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint, load_base
 
+from conftest import run_xp
+
 
 
 
@@ -33,15 +35,6 @@ def make_solver(argv: tp.List[str], restore: bool = False):
         solver = train.get_solver(xp.cfg)
         if restore:
             solver.restore(replay_metrics=False)
-    return xp, solver
-
-
-def run_xp(argv: tp.List[str]):
-    xp = train.main.get_xp(argv)
-    train.main.init_xp(xp)
-    with xp.enter():
-        solver = train.get_solver(xp.cfg)
-        solver.run()
     return xp, solver
 
 

@@ -244,6 +244,16 @@ def _common_overrides(args: argparse.Namespace, sizes: Sizes) -> tp.List[str]:
             f'dataset.batch_size={sizes.batch_size}', 'dataset.num_workers=0']
 
 
+def _reuse_or_clear(folder: Path, artefact: Path, args: argparse.Namespace, steps: Steps) -> tp.Optional[dict]:
+    """The cached step's info (with `cached: True`) if `folder` holds a finished one, else an empty folder."""
+    info = _done(folder)
+    if info and not args.no_cache:
+        steps.print(f"      cached: {artefact}")
+        return {**info, 'cached': True}
+    _fresh(folder)
+    return None
+
+
 def make_codec(cache: Path, data: Path, sizes: Sizes, args: argparse.Namespace, steps: Steps) -> tp.Tuple[Path, dict]:
     """Exported tiny EnCodec (`compression_state_dict.bin`), trained or random; cached."""
     params = {'version': DEMO_VERSION, 'data': data.name, 'kind': args.codec, 'seed': args.seed,
@@ -251,16 +261,13 @@ def make_codec(cache: Path, data: Path, sizes: Sizes, args: argparse.Namespace, 
               'config': _config_text('demo_compression')}
     folder = cache / f'codec-{_key(params)}'
     exported = folder / 'compression_state_dict.bin'
-    info = _done(folder)
-    if info and not args.no_cache:
-        steps.print(f"      cached: {exported}")
-        return exported, {**info, 'cached': True}
-    _fresh(folder)
+    cached = _reuse_or_clear(folder, exported, args, steps)
+    if cached:
+        return exported, cached
     start = time.monotonic()
     if args.codec == 'random':
         import torch
         from audiocraft.models import builders
-        from audiocraft.utils.export import export_encodec  # noqa: F401 (same layout, written below)
         import omegaconf
         from .. import train
         cfg = omegaconf.OmegaConf.load(Path(train.CONFIG_DIR) / 'solver' / 'demo_compression.yaml')
@@ -293,11 +300,9 @@ def make_base(cache: Path, data: Path, codec: Path, sizes: Sizes, args: argparse
               'batch_size': sizes.batch_size, 'config': _config_text('demo_musicgen_base')}
     folder = cache / f'base-{_key(params)}'
     exported = folder / 'exported'
-    info = _done(folder)
-    if info and not args.no_cache:
-        steps.print(f"      cached: {exported}")
-        return exported, {**info, 'cached': True}
-    _fresh(folder)
+    cached = _reuse_or_clear(folder, exported, args, steps)
+    if cached:
+        return exported, cached
     from audiocraft.utils.export import export_lm, export_pretrained_compression_model
     from ..solvers.xp_checkpoints import allow_omegaconf_in_torch_load
     start = time.monotonic()
