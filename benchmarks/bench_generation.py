@@ -15,10 +15,8 @@ import statistics
 import torch
 
 from audiocraft_ext import ExtendedMusicGen
-from audiocraft_ext.models.checkpoints import assemble_musicgen
-from audiocraft_ext.models.tiny import build_tiny_musicgen
 
-from common import tokens_per_second
+from common import build_base, tokens_per_second
 
 
 def parse_args():
@@ -38,9 +36,7 @@ def parse_args():
 def main():
     args = parse_args()
     torch.manual_seed(0)
-    cpu_base = build_tiny_musicgen('text', dim=args.dim, num_layers=args.layers, num_heads=args.heads,
-                                   card=args.card)
-    base = assemble_musicgen('base', cpu_base.compression_model.to(args.device), cpu_base.lm.to(args.device))
+    base = build_base(args.dim, args.layers, args.heads, args.card, n_q=4, device=args.device)
     extended = ExtendedMusicGen.from_base(base, num_additional_layers=args.new_layers)
     stock = extended.merged_musicgen()
     models = {'base (L)': base, 'extended (L + N)': extended, 'stock L + N': stock}
