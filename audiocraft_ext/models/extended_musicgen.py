@@ -104,19 +104,42 @@ class ExtendedMusicGen(MusicGen):
                 raise CheckpointError(f"{name} is adapter-only and does not say where its base is: "
                                       "pass base=... (a MusicGen, path or Hugging Face id).")
             musicgen = load_base_musicgen(source, device)
+        return ExtendedMusicGen.from_extension(
+            musicgen, pkg['extension']['config'], pkg['extension']['state'], base_info['hash'],
+            base_reference=base_info['reference'], source=str(name), name=pkg['name'],
+            max_duration=pkg['max_duration'],
+            base_description=base_info['reference'] if base is None else 'given')
+
+    @classmethod
+    def from_extension(cls, musicgen: MusicGen, config: tp.Dict[str, tp.Any],
+                       state: tp.Mapping[str, torch.Tensor], base_hash: str,
+                       base_reference: tp.Optional[str], source: str, name: tp.Optional[str] = None,
+                       max_duration: tp.Optional[float] = None,
+                       base_description: tp.Optional[str] = None) -> 'ExtendedMusicGen':
+        """Trained new layers (`extension_config` and state dict) put back on their base.
+
+        Refuses a base whose `weights_hash` is not `base_hash`, naming both hashes.
+
+        Args:
+            musicgen (MusicGen): the base.
+            config (dict): `ExtendedLMModel.extension_config` of the trained model.
+            state (dict): `ExtendedLMModel.extension_state_dict()` of the trained model.
+            base_hash (str): hash of the base the layers were trained on.
+            base_reference (str, optional): where that base comes from, kept for adapter saves.
+            source (str): what the layers were read from, for error messages.
+        """
         found = weights_hash(musicgen.lm.state_dict())
-        if found != base_info['hash']:
+        if found != base_hash:
             raise CheckpointError(
-                f"{name} was trained on the base with hash {base_info['hash']}, but the base "
-                f"{base_info['reference'] if base is None else 'given'} has hash {found}. "
+                f"{source} was trained on the base with hash {base_hash}, but the base "
+                f"{base_description or base_reference} has hash {found}. "
                 "Load it onto the base it was trained on (or retrain the extension for this base).")
-        config = pkg['extension']['config']
         lm = ExtendedLMModel(musicgen.lm, config['num_additional_layers'], config['extension_scale'],
                              **config['layer_config'])
-        lm.load_extension_state_dict(pkg['extension']['state'])
-        return ExtendedMusicGen(pkg['name'], _mono(musicgen.compression_model), lm,
-                                max_duration=pkg['max_duration'], base_reference=base_info['reference'],
-                                base_hash=base_info['hash'])
+        lm.load_extension_state_dict(state)
+        return cls(name or musicgen.name, _mono(musicgen.compression_model), lm,
+                   max_duration=max_duration or musicgen.max_duration, base_reference=base_reference,
+                   base_hash=base_hash)
 
     @property
     def extension_scale(self) -> float:

@@ -153,8 +153,7 @@ def extended_from_solver_checkpoint(path: tp.Union[str, Path], state: str = 'bes
             (the weights at the end of the last epoch).
         device (str, optional): where to load; default cuda if available.
     """
-    from ..models.checkpoints import CheckpointError, weights_hash
-    from ..models.extended_lm import ExtendedLMModel
+    from ..models.checkpoints import CheckpointError
     from ..models.extended_musicgen import ExtendedMusicGen
     reference = str(path)
     if reference.startswith(SIG_PREFIX):
@@ -170,15 +169,7 @@ def extended_from_solver_checkpoint(path: tp.Union[str, Path], state: str = 'bes
     extension_state = pkg['best_state']['model'] if state == 'best' else pkg['model']
     info = pkg['base_model']
     base = load_base(info['reference'], device=device)
-    found = weights_hash(base.lm.state_dict())
-    if found != info['hash']:
-        raise CheckpointError(f"{path} was trained on the base {info['reference']} with hash {info['hash']}, "
-                              f"but that reference now gives a base with hash {found}.")
-    config = info['extension_config']
-    lm = ExtendedLMModel(base.lm, config['num_additional_layers'], config['extension_scale'],
-                         **config['layer_config'])
-    lm.load_extension_state_dict(extension_state)
-    compression_model = getattr(base.compression_model, 'model', base.compression_model)
     reference = None if info['reference'].startswith(TINY_PREFIX) else info['reference']
-    return ExtendedMusicGen(base.name, compression_model, lm, max_duration=base.max_duration,
-                            base_reference=reference, base_hash=info['hash'])
+    return ExtendedMusicGen.from_extension(base, info['extension_config'], extension_state, info['hash'],
+                                           base_reference=reference, source=str(path),
+                                           base_description=info['reference'])
