@@ -158,7 +158,8 @@ def compression_package(compression_model, source: tp.Optional[str] = None) -> t
             'version': audiocraft.__version__, 'exported': True}
 
 
-def _default_device() -> str:
+def default_device() -> str:
+    """Where models load when no device is given: cuda if available, else cpu."""
     return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
@@ -249,7 +250,7 @@ def load_base_musicgen(source: tp.Any, device: tp.Optional[str] = None):
         return source
     if not isinstance(source, (str, Path)):
         raise TypeError(f"Expected a MusicGen, a path or a Hugging Face id, got {type(source).__name__}.")
-    device = device or _default_device()
+    device = device or default_device()
     path = Path(source).expanduser()
     if path.is_dir():
         return _from_exported(str(path), device)

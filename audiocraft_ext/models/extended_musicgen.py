@@ -16,7 +16,7 @@ from audiocraft.models.encodec import CompressionModel
 
 from .. import __version__
 from .checkpoints import (EXTENDED_FORMAT, EXTENDED_FORMAT_VERSION, CheckpointError, assemble_musicgen,
-                          atomic_save, build_compression_model, build_lm, compression_package,
+                          atomic_save, build_compression_model, build_lm, compression_package, default_device,
                           is_exported_reference, is_extended_package, load_base_musicgen, read_torch_file,
                           weights_hash)
 from .extended_lm import ExtendedLMModel
@@ -85,7 +85,7 @@ class ExtendedMusicGen(MusicGen):
             base (optional): for an adapter-only file, the base to use instead of the one it
                 refers to (e.g. after moving files); its hash must still match.
         """
-        device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        device = device or default_device()
         pkg = read_torch_file(name, 'ExtendedMusicGen checkpoint')
         if not is_extended_package(pkg):
             raise CheckpointError(f"{name} was not written by ExtendedMusicGen.save. For a plain MusicGen "
