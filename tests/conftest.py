@@ -177,6 +177,7 @@ def run_xp(argv: tp.List[str]):
     xp = train.main.get_xp(argv)
     train.main.init_xp(xp)
     with xp.enter():
+        train.init_seed_and_system(xp.cfg)  # as train.main: the new layers' init is seeded
         solver = train.get_solver(xp.cfg)
         solver.run()
     return xp, solver

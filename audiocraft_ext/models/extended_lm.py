@@ -12,6 +12,7 @@ Data flow of one forward pass (see docs/ARCHITECTURE.md)::
 `generate` (with the KV cache of every layer) are AudioCraft's own, unchanged.
 """
 import logging
+from pathlib import Path
 import typing as tp
 
 import torch
@@ -21,6 +22,7 @@ from audiocraft.models.lm import LMModel
 from audiocraft.modules.streaming import StreamingModule
 from audiocraft.modules.transformer import StreamingTransformer
 
+from .feature_cache import BaseFeatureCache
 from .layers import (BranchScale, base_layer_config, build_extension, check_extension_scale,
                      resolve_layer_config)
 
@@ -37,17 +39,24 @@ class FrozenBaseWithExtension(nn.Module):
         base (StreamingTransformer): the base LM's transformer; always in eval mode, run under
             `torch.no_grad()` so none of its activations is kept for backward.
         extension (StreamingTransformer): the new layers, trained.
+
+    `feature_cache` (a `BaseFeatureCache`, None by default) replays stored base outputs in full
+    sequence passes (training, validation); streaming generation always runs the base.
     """
     def __init__(self, base: StreamingTransformer, extension: StreamingTransformer):
         super().__init__()
         self.base = base
         self.extension = extension
+        self.feature_cache: tp.Optional[BaseFeatureCache] = None
 
     def forward(self, x: torch.Tensor, cross_attention_src: tp.Optional[torch.Tensor] = None,
                 src_mask: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
         """Map `x` [B, S, D] (embedded, fused input) to `h'` [B, S, D]."""
         with torch.no_grad():
-            hidden = self.base(x, cross_attention_src=cross_attention_src, src_mask=src_mask)  # [B, S, D]
+            if self.feature_cache is not None and src_mask is None and not self.base._is_streaming:
+                hidden = self.feature_cache.base_output(self.base, x, cross_attention_src)  # [B, S, D]
+            else:
+                hidden = self.base(x, cross_attention_src=cross_attention_src, src_mask=src_mask)
         extension_cross_src = cross_attention_src if self.extension.layers[0].cross_attention is not None else None
         return self.extension(hidden, cross_attention_src=extension_cross_src)  # [B, S, D]
 
@@ -139,6 +148,13 @@ class ExtendedLMModel(LMModel):
         return {'num_additional_layers': self.num_additional_layers,
                 'layer_config': dict(self.layer_config),
                 'extension_scale': self.extension_scale}
+
+    def use_feature_cache(self, root: tp.Optional[tp.Union[str, Path]],
+                          max_bytes: tp.Optional[int] = None) -> tp.Optional[BaseFeatureCache]:
+        """Replay the frozen base's outputs from `root` (see `feature_cache`); None turns it off."""
+        cache = None if root is None else BaseFeatureCache(root, self.base_transformer, max_bytes)
+        self.transformer.feature_cache = cache
+        return cache
 
     def trainable_parameters(self) -> tp.List[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -201,6 +201,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self._step_index = 0
         self._skipped_steps = 0
         self.lr_scheduler = builders.get_lr_scheduler(self.optimizer, self.cfg.schedule, self.total_updates)
+        self._use_feature_cache()
         self.stateful.register('model', ExtensionStateSource(self.model))
         self.stateful.register('base_model', BaseModelSource(self))
         self.register_stateful('optimizer', 'lr_scheduler')
@@ -212,6 +213,19 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         if self.cfg.autocast and self.autocast_dtype is torch.float16:
             self.scaler = torch.amp.GradScaler('cuda')
             self.register_stateful('scaler')
+
+    def _use_feature_cache(self) -> None:
+        """`feature_cache.path`: replay the frozen base's outputs from disk (`models.feature_cache`)."""
+        cache_cfg = self.cfg.get('feature_cache') or {}
+        if not cache_cfg.get('path'):
+            return
+        from dora import git_save
+        root = git_save.to_absolute_path(str(Path(str(cache_cfg.path)).expanduser()))
+        max_gb = cache_cfg.get('max_gb')
+        cache = self.model.use_feature_cache(root, None if max_gb is None else int(float(max_gb) * 2 ** 30))
+        bytes_per_token = self.model.dim * next(self.model.base_transformer.parameters()).element_size()
+        self.logger.info("Feature cache of the frozen base: %s (%d bytes per token)", cache.folder,
+                         bytes_per_token)
 
     def trainable_parameter_groups(self) -> tp.List[dict]:
         """AudioCraft's parameter groups (`make_optim_group`), keeping only trainable parameters.
@@ -278,8 +292,19 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             raise safety.NonFiniteStepError(safety.nonfinite_message(what, self.epoch, self._step_index))
 
     def run_step(self, idx: int, batch: tp.Any, metrics: dict) -> dict:
-        if not self.is_training:
-            return super().run_step(idx, batch, metrics)
+        if self.is_training:
+            metrics = self._run_training_step(idx, batch, metrics)
+        else:
+            metrics = super().run_step(idx, batch, metrics)
+        cache = self.model.transformer.feature_cache
+        if cache is not None:
+            hits, misses = cache.take_counts()
+            if hits + misses:
+                metrics['feature_cache_hits'] = hits / (hits + misses)  # fraction of the step's examples
+        return metrics
+
+    def _run_training_step(self, idx: int, batch: tp.Any, metrics: dict) -> dict:
+        """MusicGenSolver's training step, with non-finite steps stopped or skipped."""
         self._step_index, self._step_loss = idx, None
         try:
             metrics = super().run_step(idx, batch, metrics)
@@ -307,6 +332,10 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         """AudioCraft's end of epoch, then `<xp>/loss_curves.png` (train/valid CE per epoch) on rank 0."""
         import flashy
         super().commit(save_checkpoints)
+        cache = self.model.transformer.feature_cache
+        if cache is not None:
+            self.logger.info("Feature cache: %.1f MiB written by this process so far, in %s",
+                             cache.bytes_written / 2 ** 20, cache.folder)
         if flashy.distrib.is_rank_zero() and self.history:
             from ..evaluation.plots import plot_loss_curves
             plot_loss_curves({f'XP {self.xp.sig}': self.history}, self.folder / 'loss_curves.png')
