@@ -10,8 +10,12 @@ over the trainable parameters; on CUDA under fp16 autocast with a GradScaler, as
     extended    `ExtendedLMModel`: frozen base (no-grad forward) + N new layers, the full step
     (a) base    no-grad forward of the frozen base transformer alone (same inputs)
     (b) cache   the extended step with the base transformer replaced by its precomputed output
-                (a feature-cache hit): new layers + frozen heads forward/backward + optimizer
+                held in memory: new layers + frozen heads forward/backward + optimizer
     limit       (a) + (b): what the extended step would cost with zero overhead
+    disk cache  the extended step with the real feature cache (`feature_cache.path`), warm: keys
+                hashed, the base's outputs read from disk instead of computed
+    checkpoint  the extended step with activation checkpointing of the new layers
+                (`layer_overrides: {checkpointing: torch}`): memory for one more forward of N layers
 
 The issue's estimates count layers alone (forward = 1, backward = 2): full fine-tuning 3L,
 extended L + 3N, feature cache 3N; at N = L/2 that is 0.83x and 0.5x of full fine-tuning.
@@ -21,11 +25,16 @@ extended L + 3N, feature cache 3N; at N = L/2 that is 0.83x and 0.5x of full fin
                                                         # 16 heads, N = 12, batch 8, 1500 steps, fp16
 """
 import argparse
+import gc
 import json
 import statistics
+import tempfile
 import typing as tp
 
 import torch
+
+from audiocraft_ext.models.extended_lm import ExtendedLMModel, FrozenBaseWithExtension
+from audiocraft_ext.models.feature_cache import BaseFeatureCache
 
 import common
 
@@ -49,6 +58,8 @@ def parse_args(argv: tp.Optional[tp.List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory measurement')
     parser.add_argument('--memory-only', action='store_true',
                         help='one step per variant, peak memory only (large shapes on CPU)')
+    parser.add_argument('--cache-warmup', type=int, default=8,
+                        help='steps run with the disk feature cache before timing it')
     parser.add_argument('--out', default=str(common.DEFAULT_OUT), help='folder for the JSON results')
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset or ('musicgen-small' if args.device.startswith('cuda') else 'cpu')]
@@ -63,61 +74,106 @@ def layer_estimates(layers: int, new_layers: int) -> tp.Dict[str, float]:
     return {'extended': (layers + 3 * new_layers) / (3 * layers), 'cache': new_layers / layers}
 
 
-def build_variants(args: argparse.Namespace) -> tp.Tuple[tp.Dict[str, tp.Callable[[], tp.Any]], tp.Dict[str, tp.Any]]:
-    """The steps to compare, and what the report needs about them."""
-    torch.manual_seed(0)
-    base = common.build_base(args.dim, args.layers, args.heads, args.card, args.n_q, args.device)
-    batch = common.random_batch(args.batch, args.n_q, args.steps, args.card, args.device)
+class Variants:
+    """The steps to compare, built on demand: `--memory-only` at large shapes holds one at a time.
 
-    full_lm = common.full_finetuning_lm(base.lm)
-    extended = common.extended_lm(base.lm, args.new_layers)
-    cached = common.extended_lm(base.lm, args.new_layers)
-    cached.load_state_dict(extended.state_dict())
-    x, base_kwargs, features = common.capture_base_io(extended, batch, args.device)
-    cached.transformer.base = common.PrecomputedFeatures(features)  # the base layers are gone
-    base_transformer = extended.base_transformer
+    The extended variants share one frozen copy of the base (frozen weights are never written)
+    and start from the same new layers; each step's resident memory still counts the base.
+    """
+    def __init__(self, args: argparse.Namespace, cache_dir: str):
+        torch.manual_seed(0)
+        self.args, self.cache_dir = args, cache_dir
+        base = common.build_base(args.dim, args.layers, args.heads, args.card, args.n_q, args.device)
+        self.batch = common.random_batch(args.batch, args.n_q, args.steps, args.card, args.device)
+        self.frozen_base = base.lm
+        self.full_trainable = sum(p.numel() for p in base.lm.parameters())
+        self.template = ExtendedLMModel(self.frozen_base, args.new_layers).train()
+        self.x, self.base_kwargs, self.features = common.capture_base_io(self.template, self.batch, args.device)
+        self.disk_cache: tp.Optional[BaseFeatureCache] = None
+        self.names = ['full', 'extended', 'base', 'cache', 'disk_cache', 'checkpoint']
 
-    def base_forward():
-        with torch.no_grad(), common.autocast_context(args.device):
-            base_transformer(x, **base_kwargs)
+    def extended(self, **layer_overrides: tp.Any) -> ExtendedLMModel:
+        lm = ExtendedLMModel(self.frozen_base, self.args.new_layers, **layer_overrides).train()
+        lm.load_extension_state_dict(self.template.extension_state_dict())
+        return lm
 
-    steps = {
-        'full': common.TrainingStep(full_lm, batch, args.device),
-        'extended': common.TrainingStep(extended, batch, args.device),
-        'base': base_forward,
-        'cache': common.TrainingStep(cached, batch, args.device),
-    }
-    trainable, total = extended.parameter_counts()
-    info = {'trainable': trainable, 'total': total,
-            'full_trainable': sum(p.numel() for p in full_lm.parameters()),
-            'feature_bytes_per_token': features[0, 0].numel() * 2}  # fp16 on disk
-    return steps, info
+    def build(self, name: str) -> tp.Callable[[], tp.Any]:
+        args, batch = self.args, self.batch
+        if name == 'full':
+            return common.TrainingStep(common.full_finetuning_lm(self.frozen_base), batch, args.device)
+        if name == 'base':
+            def base_forward():
+                with torch.no_grad(), common.autocast_context(args.device):
+                    self.template.base_transformer(self.x, **self.base_kwargs)
+            return base_forward
+        if name == 'cache':
+            lm = self.extended()
+            # A FrozenBaseWithExtension of its own: the shared base stays in the other variants.
+            lm.transformer = FrozenBaseWithExtension(common.PrecomputedFeatures(self.features), lm.extension)
+            return common.TrainingStep(lm, batch, args.device)
+        if name == 'disk_cache':
+            lm = self.extended()
+            self.disk_cache = lm.use_feature_cache(self.cache_dir)
+            step = common.TrainingStep(lm, batch, args.device)
+            # Warm it: CFG dropout draws conditioned or null conditions per example, two keys each.
+            for _ in range(args.cache_warmup):
+                step()
+            self.disk_cache.take_counts()
+            return step
+        overrides = {'checkpointing': 'torch'} if name == 'checkpoint' else {}
+        return common.TrainingStep(self.extended(**overrides), batch, args.device)
+
+    def info(self) -> tp.Dict[str, tp.Any]:
+        trainable, total = self.template.parameter_counts()
+        info = {'trainable': trainable, 'total': total, 'full_trainable': self.full_trainable,
+                'feature_bytes_per_token': self.features[0, 0].numel() * self.features.element_size()}
+        if self.disk_cache is not None:
+            hits, misses = self.disk_cache.take_counts()
+            info['disk_cache_hit_rate'] = hits / max(1, hits + misses)
+            info['disk_cache_bytes'] = self.disk_cache.bytes_written
+            info['disk_cache_entries'] = len(list(self.disk_cache.folder.rglob('*.pt')))
+        return info
 
 
 def measure(args: argparse.Namespace) -> tp.Dict[str, tp.Any]:
-    steps, info = build_variants(args)
-    if args.memory_only:
-        args.repeats = 1
-    times = common.run_alternating(steps, args.repeats, args.device, warmup=0 if args.memory_only else 1)
-    results: tp.Dict[str, tp.Any] = {'config': vars(args), 'info': info, 'variants': {}}
-    for name, step in steps.items():
-        wall, wall_spread = common.median_and_spread(times[name]['wall'])
-        cpu, cpu_spread = common.median_and_spread(times[name]['cpu'])
-        entry = {'wall': wall, 'wall_spread': wall_spread, 'cpu': cpu, 'cpu_spread': cpu_spread,
-                 'wall_all': times[name]['wall'], 'cpu_all': times[name]['cpu']}
-        if args.device == 'cpu' and not args.memory_only:
-            entry['gflop'] = common.count_flops(step) / 1e9  # same step once more, FLOPs counted
-        if not args.no_memory and isinstance(step, common.TrainingStep):
-            entry['peak_step_bytes'] = common.peak_step_bytes(step, args.device)
-            entry['resident_bytes'] = step.resident_bytes()
-            entry['peak_bytes'] = entry['resident_bytes'] + entry['peak_step_bytes']
-        results['variants'][name] = entry
-    base, cache = results['variants']['base'], results['variants']['cache']
+    with tempfile.TemporaryDirectory() as cache_dir:
+        variants = Variants(args, cache_dir)
+        if args.memory_only:  # one cold step each, one variant in memory at a time
+            args.repeats = 1
+            entries = {}
+            for name in variants.names:
+                step = variants.build(name)
+                times = common.run_alternating({name: step}, 1, args.device, warmup=0)
+                entries[name] = measure_step(args, step, times[name])
+                del step
+                gc.collect()
+        else:
+            steps = {name: variants.build(name) for name in variants.names}
+            times = common.run_alternating(steps, args.repeats, args.device)
+            entries = {name: measure_step(args, step, times[name]) for name, step in steps.items()}
+        info = variants.info()
+    base, cache = entries['base'], entries['cache']
     limit = {key: base[key] + cache[key] for key in ('wall', 'cpu', 'gflop') if key in base}
     for clock in ('wall', 'cpu'):  # per round, to pair it with the other variants of that round
         limit[clock + '_all'] = [a + b for a, b in zip(base[clock + '_all'], cache[clock + '_all'])]
-    results['variants']['limit'] = limit
-    return results
+    entries['limit'] = limit
+    return {'config': vars(args), 'info': info, 'variants': entries}
+
+
+def measure_step(args: argparse.Namespace, step: tp.Callable[[], tp.Any],
+                 times: tp.Dict[str, tp.List[float]]) -> tp.Dict[str, tp.Any]:
+    """Timing summary of one variant, plus its FLOPs (CPU) and peak memory."""
+    wall, wall_spread = common.median_and_spread(times['wall'])
+    cpu, cpu_spread = common.median_and_spread(times['cpu'])
+    entry = {'wall': wall, 'wall_spread': wall_spread, 'cpu': cpu, 'cpu_spread': cpu_spread,
+             'wall_all': times['wall'], 'cpu_all': times['cpu']}
+    if args.device == 'cpu' and not args.memory_only:
+        entry['gflop'] = common.count_flops(step) / 1e9  # same step once more, FLOPs counted
+    if not args.no_memory and isinstance(step, common.TrainingStep):
+        entry['peak_step_bytes'] = common.peak_step_bytes(step, args.device)
+        entry['resident_bytes'] = step.resident_bytes()
+        entry['peak_bytes'] = entry['resident_bytes'] + entry['peak_step_bytes']
+    return entry
 
 
 def paired_ratio(entry: tp.Dict[str, tp.Any], reference: tp.Dict[str, tp.Any], clock: str) -> tp.Tuple[float, float, float]:
@@ -146,7 +202,8 @@ def report(results: tp.Dict[str, tp.Any]) -> str:
              f"{'variant':<42}{'wall s':>8}{'spread':>8}{'cpu s':>8}{'spread':>8}{'GFLOP':>8}{'peak MiB':>10}"]
     names = {'full': 'full fine-tuning (L layers trainable)', 'extended': 'extended (frozen L + N new)',
              'base': '(a) no-grad forward of the frozen base', 'cache': '(b) new layers + heads (feature cache)',
-             'limit': 'limit = (a) + (b)'}
+             'limit': 'limit = (a) + (b)', 'disk_cache': 'extended + feature cache on disk (warm)',
+             'checkpoint': 'extended + activation checkpointing'}
     for key, label in names.items():
         entry = variants[key]
         spread = lambda name: f"{100 * entry[name]:>7.0f}%" if name in entry else f"{'':>8}"  # noqa: E731
@@ -168,19 +225,27 @@ def report(results: tp.Dict[str, tp.Any]) -> str:
 
     rows = [('extended step', 'extended', 'full', f"{estimate['extended']:>10.3f}", ''),
             ('limit: no-grad base + new layers', 'limit', 'full', f"{estimate['extended']:>10.3f}", ''),
-            ('feature cache: new layers + heads only', 'cache', 'full', f"{estimate['cache']:>10.3f}", '  <= 0.55'),
-            ('extended step / limit', 'extended', 'limit', f"{1.0:>10.3f}", '  <= 1.10')]
+            ('feature cache: new layers + heads only', 'cache', 'full', f"{estimate['cache']:>10.3f}", ''),
+            ('feature cache on disk (warm)', 'disk_cache', 'full', f"{estimate['cache']:>10.3f}", '  <= 0.55'),
+            ('extended step / limit', 'extended', 'limit', f"{1.0:>10.3f}", '  <= 1.10'),
+            ('activation checkpointing / extended', 'checkpoint', 'extended', f"{'':>10}", '')]
     lines += ['', f"{'ratio vs full fine-tuning':<42}{'wall [min-max]':>20}{'cpu [min-max]':>20}"
                   f"{'FLOPs':>8}{'estimate':>10}  target"]
     for label, key, reference, estimate_text, target in rows:
         lines.append(f"{label:<42}{ratio(key, 'wall', reference):>20}{ratio(key, 'cpu', reference):>20}"
                      f"{ratio(key, 'gflop', reference)}{estimate_text}{target}")
+    info = results['info']
+    lines.append(f"disk feature cache: {100 * info['disk_cache_hit_rate']:.0f}% hits while timed, "
+                 f"{info['disk_cache_bytes'] / 2**20:.1f} MiB on disk in {info['disk_cache_entries']} entries "
+                 f"for {args.batch} examples "
+                 f"({info['feature_bytes_per_token']} bytes per token)")
     if 'peak_bytes' in full:
-        lines += [f"{'peak memory: extended':<42}{variants['extended']['peak_bytes'] / full['peak_bytes']:>20.3f}"
-                  f"{'':>38}  <= 0.50",
-                  f"{'peak memory: feature cache':<42}{variants['cache']['peak_bytes'] / full['peak_bytes']:>20.3f}",
-                  '', 'peak memory = resident (weights, buffers, optimizer state) + peak allocated during the step:']
-        for key in ('full', 'extended', 'cache'):
+        lines.append('')
+        for key, target in (('extended', '  <= 0.50'), ('cache', ''), ('disk_cache', ''), ('checkpoint', '')):
+            lines.append(f"{'peak memory: ' + names[key]:<62}"
+                         f"{variants[key]['peak_bytes'] / full['peak_bytes']:>8.3f}{target}")
+        lines += ['', 'peak memory = resident (weights, buffers, optimizer state) + peak allocated during the step:']
+        for key in ('full', 'extended', 'cache', 'disk_cache', 'checkpoint'):
             entry = variants[key]
             lines.append(f"  {names[key]:<42} {entry['resident_bytes'] / 2**20:8.1f} MiB + "
                          f"{entry['peak_step_bytes'] / 2**20:8.1f} MiB")

@@ -10,7 +10,7 @@ from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.models.checkpoints import CheckpointError
 from audiocraft_ext.models.tiny import build_tiny_musicgen, offline_demucs
 
-from conftest import melody_wav, model_logits, perturb_extension
+from conftest import condition_tensors, melody_wav, model_logits, perturb_extension, random_codes
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
@@ -240,3 +240,27 @@ def test_export_refuses_new_layers_of_another_architecture(tmp_path):
     with pytest.raises(CheckpointError, match='dim_feedforward'):
         model.export_audiocraft(tmp_path / 'export')
     assert not (tmp_path / 'export').exists() or not any((tmp_path / 'export').iterdir())
+
+
+def test_activation_checkpointing_keeps_gradients_saves_activations_and_exports(tmp_path):
+    """`checkpointing='torch'` (a layer override: memory traded for one more forward of the new
+    layers) changes neither the gradients nor the exported network."""
+    models = [ExtendedMusicGen.from_base(build_tiny_musicgen('text'), 2, checkpointing=mode)
+              for mode in ('none', 'torch')]
+    perturb_extension(models[0].lm)
+    models[1].lm.load_extension_state_dict(models[0].lm.extension_state_dict())
+    codes = random_codes(models[0].lm)
+    gradients, saved = [], []
+    for model in models:
+        count = []
+        model.lm.train()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: count.append(t.numel()) or t, lambda t: t):
+            output = model.lm.compute_predictions(codes, [], condition_tensors=condition_tensors(model))
+        output.logits.nan_to_num().square().mean().backward()
+        gradients.append([p.grad for p in model.lm.trainable_parameters()])
+        saved.append(sum(count))
+    assert all(torch.equal(a, b) for a, b in zip(*gradients))
+    assert saved[1] < saved[0], saved
+    models[1].extension_scale = 0.5
+    stock = _export_and_load(models[1], tmp_path / 'export')
+    torch.testing.assert_close(model_logits(stock), model_logits(models[1]), atol=1e-5, rtol=0)

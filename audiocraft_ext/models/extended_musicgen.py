@@ -240,11 +240,12 @@ class ExtendedMusicGen(MusicGen):
         """(xp.cfg, state dict) of a plain `LMModel` with L + N layers equal to this model.
 
         `extension_scale` is folded into the weights. Only possible when the new layers have
-        the base layers' architecture.
+        the base layers' architecture (`checkpointing`, a training-memory setting, may differ).
         """
         lm = self.lm
         expected = resolve_layer_config(base_layer_config(lm.base_transformer), {})
-        differing = sorted(key for key in expected if expected[key] != lm.layer_config[key])
+        differing = sorted(key for key in expected
+                           if key != 'checkpointing' and expected[key] != lm.layer_config[key])
         if differing:
             raise CheckpointError(f"The new layers differ from the base layers in {differing}, so base + new "
                                   "layers is not a stock LMModel and cannot be exported to AudioCraft's layout. "
