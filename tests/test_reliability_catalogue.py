@@ -127,6 +127,8 @@ CONFIG_CASES = {
                                        "extended_model.layer_overrides={'d_model': 48} do not fit"),
     'unknown layer override': (['+extended_model.layer_overrides.heads=4'], ValueError,
                                "extended_model.layer_overrides={'heads': 4} do not fit"),
+    'base_dtype bfloat16': (['extended_model.base_dtype=bfloat16'], ValueError,
+                            "extended_model.base_dtype=bfloat16: Cannot store the frozen base in 'bfloat16'"),
     'channels differ from the base': (['channels=2'], ValueError, 'channels=2 but the base'),
     'base path that does not exist': (['pretrained_model_checkpoint=/nonexistent/base'], FileNotFoundError,
                                       'Base model not found: /nonexistent/base'),

@@ -202,3 +202,22 @@ def test_feature_cache_replays_the_base_and_training_is_unchanged(exported_bases
     # Another run on the same base starts warm.
     _, again = run_xp(debug_argv(base, egs, *fixed, f'feature_cache.path={cache}', 'label=feature_cache_again'))
     assert again.history[0]['valid']['feature_cache_hits'] == 1.0
+
+
+def test_float16_base_trains_like_the_float32_base(exported_bases, egs, dora_dir):
+    """`extended_model.base_dtype=float16`: the frozen base transformer is stored in float16; its
+    hash, the checkpoints and the losses (up to the rounding of the base's weights) are unchanged."""
+    base = exported_bases['text']
+    _, plain = run_xp(debug_argv(base, egs, 'label=float32_base'))
+    xp, half = run_xp(debug_argv(base, egs, 'extended_model.base_dtype=float16', 'label=float16_base'))
+    assert plain.model.base_dtype is torch.float32 and half.model.base_dtype is torch.float16
+    assert half.base_hash == plain.base_hash
+    assert load_checkpoint(xp.folder / 'checkpoint.th')['base_model']['hash'] == plain.base_hash
+    for epoch, (a, b) in enumerate(zip(plain.history, half.history)):
+        for stage in ('train', 'valid'):
+            assert b[stage]['ce'] == pytest.approx(a[stage]['ce'], abs=1e-3), (epoch, stage)
+    # The trained layers go back on the base as loaded (float32), like any run's.
+    model = extended_from_solver_checkpoint(xp.folder / 'checkpoint.th', state='last', device='cpu')
+    assert model.lm.base_dtype is torch.float32
+    assert all(torch.equal(value, half.model.extension_state_dict()[name])
+               for name, value in model.lm.extension_state_dict().items())

@@ -23,6 +23,7 @@ from audiocraft.modules.streaming import StreamingModule
 from audiocraft.modules.transformer import StreamingTransformer
 
 from .feature_cache import BaseFeatureCache
+from .half_storage import check_storage_dtype, store_weights_in
 from .layers import (BranchScale, base_layer_config, build_extension, check_extension_scale,
                      resolve_layer_config)
 
@@ -148,6 +149,20 @@ class ExtendedLMModel(LMModel):
         return {'num_additional_layers': self.num_additional_layers,
                 'layer_config': dict(self.layer_config),
                 'extension_scale': self.extension_scale}
+
+    @property
+    def base_dtype(self) -> torch.dtype:
+        """The dtype the frozen base transformer's weights are stored in (see `store_base_in`)."""
+        return next(self.base_transformer.parameters()).dtype
+
+    def store_base_in(self, dtype: tp.Union[torch.dtype, str]) -> None:
+        """Store the frozen base transformer's weights in `dtype`, in place: float16 halves their memory.
+
+        The outputs stay those of float32 weights holding the same (float16-rounded) values, the
+        computation still runs in the activations' dtype (see `half_storage`); `weights_hash`
+        is unchanged. float32 undoes it (the rounding stays).
+        """
+        store_weights_in(self.base_transformer.layers, check_storage_dtype(dtype))
 
     def use_feature_cache(self, root: tp.Optional[tp.Union[str, Path]],
                           max_bytes: tp.Optional[int] = None) -> tp.Optional[BaseFeatureCache]:

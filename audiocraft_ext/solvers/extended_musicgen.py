@@ -188,6 +188,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         except (TypeError, ValueError) as error:
             raise ValueError(f"extended_model.layer_overrides={overrides!r} do not fit the base "
                              f"{self.base_reference}: {error}") from None
+        self._store_base(extended.get('base_dtype'))
         trainable, total = self.model.parameter_counts()
         self.logger.info("Base: %d layers (frozen); new layers: %d; trainable params: %s of %s (%.2f%%)",
                          self.model.num_base_layers, self.model.num_additional_layers, f"{trainable:,}",
@@ -214,6 +215,17 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             self.scaler = torch.amp.GradScaler('cuda')
             self.register_stateful('scaler')
 
+    def _store_base(self, dtype: tp.Optional[str]) -> None:
+        """`extended_model.base_dtype`: the dtype the frozen base transformer is stored in (null: as loaded)."""
+        if dtype is None:
+            return
+        try:
+            self.model.store_base_in(str(dtype))
+        except ValueError as error:
+            raise ValueError(f"extended_model.base_dtype={dtype}: {error}") from None
+        stored = sum(param.nbytes for param in self.model.base_transformer.parameters())
+        self.logger.info("Frozen base transformer stored in %s: %.1f MiB", dtype, stored / 2 ** 20)
+
     def _use_feature_cache(self) -> None:
         """`feature_cache.path`: replay the frozen base's outputs from disk (`models.feature_cache`)."""
         cache_cfg = self.cfg.get('feature_cache') or {}
@@ -223,7 +235,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         root = git_save.to_absolute_path(str(Path(str(cache_cfg.path)).expanduser()))
         max_gb = cache_cfg.get('max_gb')
         cache = self.model.use_feature_cache(root, None if max_gb is None else int(float(max_gb) * 2 ** 30))
-        bytes_per_token = self.model.dim * next(self.model.base_transformer.parameters()).element_size()
+        # The base's output is in the residual stream's dtype: the embeddings', whatever the base is stored in.
+        bytes_per_token = self.model.dim * self.model.emb[0].weight.element_size()
         self.logger.info("Feature cache of the frozen base: %s (%d bytes per token)", cache.folder,
                          bytes_per_token)
 
