@@ -16,6 +16,9 @@ over the trainable parameters; on CUDA under fp16 autocast with a GradScaler, as
                 hashed, the base's outputs read from disk instead of computed
     checkpoint  the extended step with activation checkpointing of the new layers
                 (`layer_overrides: {checkpointing: torch}`): memory for one more forward of N layers
+    fp16 base   the extended step with the frozen base transformer stored in float16
+                (`extended_model.base_dtype=float16`): computed on float32 copies, layer by layer
+    low memory  fp16 base + checkpoint: the configuration with the smallest peak memory
 
 The issue's estimates count layers alone (forward = 1, backward = 2): full fine-tuning 3L,
 extended L + 3N, feature cache 3N; at N = L/2 that is 0.83x and 0.5x of full fine-tuning.
@@ -25,6 +28,7 @@ extended L + 3N, feature cache 3N; at N = L/2 that is 0.83x and 0.5x of full fin
                                                         # 16 heads, N = 12, batch 8, 1500 steps, fp16
 """
 import argparse
+import copy
 import gc
 import json
 import statistics
@@ -90,10 +94,14 @@ class Variants:
         self.template = ExtendedLMModel(self.frozen_base, args.new_layers).train()
         self.x, self.base_kwargs, self.features = common.capture_base_io(self.template, self.batch, args.device)
         self.disk_cache: tp.Optional[BaseFeatureCache] = None
-        self.names = ['full', 'extended', 'base', 'cache', 'disk_cache', 'checkpoint']
+        self.names = ['full', 'extended', 'base', 'cache', 'disk_cache', 'checkpoint', 'half_base', 'low_memory']
 
-    def extended(self, **layer_overrides: tp.Any) -> ExtendedLMModel:
-        lm = ExtendedLMModel(self.frozen_base, self.args.new_layers, **layer_overrides).train()
+    def extended(self, base_dtype: tp.Optional[torch.dtype] = None, **layer_overrides: tp.Any) -> ExtendedLMModel:
+        """The template's new layers on the shared frozen base, or on a copy stored in `base_dtype`."""
+        base = self.frozen_base if base_dtype is None else copy.deepcopy(self.frozen_base)
+        lm = ExtendedLMModel(base, self.args.new_layers, **layer_overrides).train()
+        if base_dtype is not None:
+            lm.store_base_in(base_dtype)
         lm.load_extension_state_dict(self.template.extension_state_dict())
         return lm
 
@@ -120,8 +128,9 @@ class Variants:
                 step()
             self.disk_cache.take_counts()
             return step
-        overrides = {'checkpointing': 'torch'} if name == 'checkpoint' else {}
-        return common.TrainingStep(self.extended(**overrides), batch, args.device)
+        overrides = {'checkpointing': 'torch'} if name in ('checkpoint', 'low_memory') else {}
+        base_dtype = torch.float16 if name in ('half_base', 'low_memory') else None
+        return common.TrainingStep(self.extended(base_dtype, **overrides), batch, args.device)
 
     def info(self) -> tp.Dict[str, tp.Any]:
         trainable, total = self.template.parameter_counts()
@@ -203,7 +212,8 @@ def report(results: tp.Dict[str, tp.Any]) -> str:
     names = {'full': 'full fine-tuning (L layers trainable)', 'extended': 'extended (frozen L + N new)',
              'base': '(a) no-grad forward of the frozen base', 'cache': '(b) new layers + heads (feature cache)',
              'limit': 'limit = (a) + (b)', 'disk_cache': 'extended + feature cache on disk (warm)',
-             'checkpoint': 'extended + activation checkpointing'}
+             'checkpoint': 'extended + activation checkpointing',
+             'half_base': 'extended + float16 base', 'low_memory': 'extended + float16 base + checkpointing'}
     for key, label in names.items():
         entry = variants[key]
         spread = lambda name: f"{100 * entry[name]:>7.0f}%" if name in entry else f"{'':>8}"  # noqa: E731
@@ -228,7 +238,10 @@ def report(results: tp.Dict[str, tp.Any]) -> str:
             ('feature cache: new layers + heads only', 'cache', 'full', f"{estimate['cache']:>10.3f}", ''),
             ('feature cache on disk (warm)', 'disk_cache', 'full', f"{estimate['cache']:>10.3f}", '  <= 0.55'),
             ('extended step / limit', 'extended', 'limit', f"{1.0:>10.3f}", '  <= 1.10'),
-            ('activation checkpointing / extended', 'checkpoint', 'extended', f"{'':>10}", '')]
+            ('activation checkpointing / extended', 'checkpoint', 'extended', f"{'':>10}", ''),
+            ('float16 base / extended', 'half_base', 'extended', f"{'':>10}", ''),
+            ('float16 base + checkpointing', 'low_memory', 'full', f"{'':>10}", ''),
+            ('float16 base + checkpointing / extended', 'low_memory', 'extended', f"{'':>10}", '')]
     lines += ['', f"{'ratio vs full fine-tuning':<42}{'wall [min-max]':>20}{'cpu [min-max]':>20}"
                   f"{'FLOPs':>8}{'estimate':>10}  target"]
     for label, key, reference, estimate_text, target in rows:
@@ -241,11 +254,12 @@ def report(results: tp.Dict[str, tp.Any]) -> str:
                  f"({info['feature_bytes_per_token']} bytes per token)")
     if 'peak_bytes' in full:
         lines.append('')
-        for key, target in (('extended', '  <= 0.50'), ('cache', ''), ('disk_cache', ''), ('checkpoint', '')):
+        for key, target in (('extended', '  <= 0.50'), ('cache', ''), ('disk_cache', ''), ('checkpoint', ''),
+                            ('half_base', ''), ('low_memory', '  <= 0.50')):
             lines.append(f"{'peak memory: ' + names[key]:<62}"
                          f"{variants[key]['peak_bytes'] / full['peak_bytes']:>8.3f}{target}")
         lines += ['', 'peak memory = resident (weights, buffers, optimizer state) + peak allocated during the step:']
-        for key in ('full', 'extended', 'cache', 'disk_cache', 'checkpoint'):
+        for key in ('full', 'extended', 'cache', 'disk_cache', 'checkpoint', 'half_base', 'low_memory'):
             entry = variants[key]
             lines.append(f"  {names[key]:<42} {entry['resident_bytes'] / 2**20:8.1f} MiB + "
                          f"{entry['peak_step_bytes'] / 2**20:8.1f} MiB")

@@ -32,7 +32,7 @@ def check_storage_dtype(dtype: tp.Any) -> torch.dtype:
     return resolved
 
 
-class _Float32WhileRunning:
+class _CopiesWhileRunning:
     """Forward hooks of one layer: copies of its weights in its input's dtype while it runs."""
     def __init__(self) -> None:
         self.stored: tp.List[tp.Tuple[nn.Parameter, torch.Tensor]] = []
@@ -62,7 +62,7 @@ def store_weights_in(layers: tp.Iterable[nn.Module], dtype: torch.dtype) -> None
     """
     for layer in layers:
         if not hasattr(layer, '_half_storage_hooks'):
-            hooks = _Float32WhileRunning()
+            hooks = _CopiesWhileRunning()
             layer.register_forward_pre_hook(hooks.before)
             layer.register_forward_hook(hooks.after, always_call=True)
             layer._half_storage_hooks = hooks

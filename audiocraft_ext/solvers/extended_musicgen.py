@@ -216,7 +216,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             self.register_stateful('scaler')
 
     def _store_base(self, dtype: tp.Optional[str]) -> None:
-        """`extended_model.base_dtype`: the dtype the frozen base transformer is stored in (null: as loaded)."""
+        """`extended_model.base_dtype`: the dtype the frozen base transformer is stored in (null: `dtype`)."""
         if dtype is None:
             return
         try:
