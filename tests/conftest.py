@@ -113,6 +113,26 @@ def model_logits(model, batch: int = 2, frames: int = FRAMES, seed: int = 0) -> 
     return lm_logits(model.lm, condition_tensors(model, batch), random_codes(model.lm, batch, frames, seed))
 
 
+def train_extension(lm, base, steps: int) -> tp.List[float]:
+    """`steps` AdamW steps (lr 1e-2, no weight decay: a tensor changes only if a gradient reaches
+    it) of `lm`'s trainable parameters on seeded random codes with `base`'s conditions, in train
+    mode; checks that no frozen parameter gets a gradient. Returns the losses."""
+    lm.train()
+    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    torch.manual_seed(0)
+    losses = []
+    for step in range(steps):
+        codes = random_codes(lm, seed=step)
+        out = lm.compute_predictions(codes, make_attributes(base))
+        loss = torch.nn.functional.cross_entropy(out.logits[out.mask], codes[out.mask])
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is None for p in lm.parameters() if not p.requires_grad)
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def file_digests(directory: Path) -> tp.Dict[str, str]:
     """sha256 of every file under `directory` (names relative to it)."""
     directory = Path(directory)

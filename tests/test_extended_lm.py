@@ -4,7 +4,6 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from audiocraft.models.lm import LMModel
 from audiocraft.modules.streaming import StreamingModule
@@ -13,7 +12,8 @@ from audiocraft.modules.transformer import StreamingTransformer
 from audiocraft_ext import ExtendedLMModel, ExtendedMusicGen
 from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen
 
-from conftest import condition_tensors, lm_logits, make_attributes, model_logits, perturb_extension, random_codes
+from conftest import (condition_tensors, lm_logits, make_attributes, model_logits, perturb_extension, random_codes,
+                      train_extension)
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
@@ -105,20 +105,8 @@ def test_optimizer_steps_change_every_new_tensor_and_no_base_tensor():
     base_before = {k: v.clone() for k, v in base.lm.state_dict().items()}  # buffers included
     lm = ExtendedLMModel(base.lm, 2)
     extension_before = {k: v.clone() for k, v in lm.extension.state_dict().items()}
-    lm.train()
-    # No weight decay: a tensor changes only if a gradient reaches it.
-    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
-    torch.manual_seed(0)
-    losses = []
-    for step in range(4):
-        codes = random_codes(lm, seed=step)
-        out = lm.compute_predictions(codes, make_attributes(base))
-        loss = F.cross_entropy(out.logits[out.mask], codes[out.mask])
-        optimizer.zero_grad()
-        loss.backward()
-        assert all(p.grad is None for p in base.lm.parameters())
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_extension(lm, base, steps=4)
+    assert all(p.grad is None for p in base.lm.parameters())
     assert all(torch.isfinite(torch.tensor(losses)))
 
     unchanged = [k for k, v in lm.extension.state_dict().items() if torch.equal(v, extension_before[k])]
