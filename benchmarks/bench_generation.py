@@ -3,13 +3,16 @@
 All three are measured in the same run, on the same prompts and duration, alternating runs so
 that machine noise hits them alike. The limit for the extended model is the layer ratio
 (L + N) / L over the base; the stock L + N layer model (the extended model exported with
-`merged_musicgen`) is the direct baseline: same network, AudioCraft's own code.
+`merged_musicgen`) is the direct baseline: same network, AudioCraft's own code. The extended
+model with its base stored in float16 (`store_base_in`, a training-memory setting) shows what
+that costs in generation: one conversion of each base layer's weights per generated step.
 
     python benchmarks/bench_generation.py            # CPU-sized (dim 256, 8 layers, N = 4)
     python benchmarks/bench_generation.py --dim 1024 --layers 24 --heads 16 --new-layers 12 \
         --card 2048 --device cuda                      # musicgen-small shapes on a GPU
 """
 import argparse
+import copy
 import statistics
 
 import torch
@@ -39,7 +42,10 @@ def main():
     base = build_base(args.dim, args.layers, args.heads, args.card, n_q=4, device=args.device)
     extended = ExtendedMusicGen.from_base(base, num_additional_layers=args.new_layers)
     stock = extended.merged_musicgen()
-    models = {'base (L)': base, 'extended (L + N)': extended, 'stock L + N': stock}
+    half_base = ExtendedMusicGen.from_base(copy.deepcopy(base), num_additional_layers=args.new_layers)
+    half_base.lm.store_base_in(torch.float16)
+    models = {'base (L)': base, 'extended (L + N)': extended, 'stock L + N': stock,
+              'extended, fp16 base': half_base}
     prompts = ['calm piano'] * args.batch
     for model in models.values():  # warm-up
         tokens_per_second(model, prompts, 0.2)
@@ -57,6 +63,7 @@ def main():
     slowdown = median['base (L)'] / median['extended (L + N)']
     print(f"layer-ratio limit (L+N)/L = {limit:.3f}; extended slowdown / limit = {slowdown / limit:.3f}; "
           f"extended vs stock L+N = {median['stock L + N'] / median['extended (L + N)']:.3f}x time")
+    print(f"float16 base: {median['extended (L + N)'] / median['extended, fp16 base']:.3f}x the extended model's time")
 
 
 if __name__ == '__main__':
