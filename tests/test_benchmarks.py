@@ -18,6 +18,10 @@ def test_bench_training_variants_on_tiny_shapes(tmp_path, monkeypatch):
     variants = results['variants']
     assert set(variants) == {'full', 'extended', 'base', 'cache', 'disk_cache', 'checkpoint', 'half_base',
                              'low_memory', 'limit'}
+    # FLOPs counted by torch's FlopCounterMode: the extended step is exactly the base's no-grad
+    # forward plus the new layers' step (the base runs once per step, forward only).
+    assert variants['extended']['gflop'] == pytest.approx(variants['limit']['gflop'], rel=1e-12)
+    assert variants['extended']['gflop'] < variants['full']['gflop']
     # The float16 base halves the base transformer's bytes and changes no computation.
     assert variants['half_base']['resident_bytes'] < variants['extended']['resident_bytes']
     assert variants['low_memory']['resident_bytes'] == variants['half_base']['resident_bytes']
