@@ -49,6 +49,17 @@ PRESETS = {
 }
 
 
+# The variants that are the extended step with other settings: (base dtype, layer overrides).
+EXTENDED_SETTINGS: tp.Dict[str, tp.Tuple[tp.Optional[torch.dtype], tp.Dict[str, tp.Any]]] = {
+    'extended': (None, {}),
+    'checkpoint': (None, {'checkpointing': 'torch'}),
+    'half_base': (torch.float16, {}),
+    'low_memory': (torch.float16, {'checkpointing': 'torch'}),
+}
+# Peak memory rows compared with the 0.5x target.
+MEMORY_TARGETS = ('extended', 'low_memory')
+
+
 def parse_args(argv: tp.Optional[tp.List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cpu')
@@ -128,8 +139,7 @@ class Variants:
                 step()
             self.disk_cache.take_counts()
             return step
-        overrides = {'checkpointing': 'torch'} if name in ('checkpoint', 'low_memory') else {}
-        base_dtype = torch.float16 if name in ('half_base', 'low_memory') else None
+        base_dtype, overrides = EXTENDED_SETTINGS[name]
         return common.TrainingStep(self.extended(base_dtype, **overrides), batch, args.device)
 
     def info(self) -> tp.Dict[str, tp.Any]:
@@ -253,13 +263,14 @@ def report(results: tp.Dict[str, tp.Any]) -> str:
                  f"for {args.batch} examples "
                  f"({info['feature_bytes_per_token']} bytes per token)")
     if 'peak_bytes' in full:
+        measured = [key for key in names if 'peak_bytes' in variants[key]]  # the training steps
         lines.append('')
-        for key, target in (('extended', '  <= 0.50'), ('cache', ''), ('disk_cache', ''), ('checkpoint', ''),
-                            ('half_base', ''), ('low_memory', '  <= 0.50')):
+        for key in (key for key in measured if key != 'full'):
+            target = '  <= 0.50' if key in MEMORY_TARGETS else ''
             lines.append(f"{'peak memory: ' + names[key]:<62}"
                          f"{variants[key]['peak_bytes'] / full['peak_bytes']:>8.3f}{target}")
         lines += ['', 'peak memory = resident (weights, buffers, optimizer state) + peak allocated during the step:']
-        for key in ('full', 'extended', 'cache', 'disk_cache', 'checkpoint', 'half_base', 'low_memory'):
+        for key in measured:
             entry = variants[key]
             lines.append(f"  {names[key]:<42} {entry['resident_bytes'] / 2**20:8.1f} MiB + "
                          f"{entry['peak_step_bytes'] / 2**20:8.1f} MiB")
