@@ -47,11 +47,16 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """A training run (//sig/SIG, xp folder or checkpoint.th) -> ExtendedMusicGen file or AudioCraft dir."""
-    from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint
+    from audiocraft_ext.models.checkpoints import CheckpointError
+    from audiocraft_ext.solvers.xp_checkpoints import RunNotFoundError, extended_from_solver_checkpoint
     source = args.source
     if not source.startswith('//') and not Path(source).exists() and '/' not in source:
         source = '//sig/' + source  # a bare dora signature
-    model = extended_from_solver_checkpoint(source, state=args.state, device='cpu')
+    try:
+        model = extended_from_solver_checkpoint(source, state=args.state, device='cpu', folder=args.dora_dir)
+    except (RunNotFoundError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.format == 'audiocraft':
         out = model.export_audiocraft(args.out)
         print(f"Wrote AudioCraft's layout to {out} (load with MusicGen.get_pretrained('{out}'))")
@@ -112,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='only the new layers and a reference to the base (extended format)')
     export.add_argument('--state', choices=['best', 'last'], default='best',
                         help='best validation state (default) or last epoch')
+    export.add_argument('--dora-dir', metavar='DIR',
+                        help='the dora.dir the run was trained with, where SIG is looked up (default: '
+                             '$AUDIOCRAFT_EXT_DORA_DIR or /tmp/audiocraft_ext_$USER)')
     export.set_defaults(func=_export)
 
     from audiocraft_ext.data.synth import add_arguments, run_synth

@@ -133,7 +133,10 @@ CONFIG_CASES = {
     'base path that does not exist': (['pretrained_model_checkpoint=/nonexistent/base'], FileNotFoundError,
                                       'Base model not found: /nonexistent/base'),
     'base //sig/ of no experiment': (['pretrained_model_checkpoint=//sig/deadbeef'], FileNotFoundError,
-                                     'Cannot resolve //sig/deadbeef'),
+                                     "//sig/deadbeef: no run 'deadbeef' in"),
+    'generate prompt too short for loudness': (['generate.audio.strategy=loudness', 'generate.lm.prompted_samples=true'],
+                                               ValueError,
+                                               'generate.lm.prompt_duration is 0.25 s'),
 }
 
 

@@ -23,7 +23,9 @@ import torch
 
 from audiocraft.solvers import builders
 from audiocraft.solvers.musicgen import MusicGenSolver
+from audiocraft.utils.utils import get_dataset_from_loader
 
+from ..data.manifests import EVALUATION_SPLITS, count_entries, manifest_file, visit_each_file_once
 from ..models.checkpoints import weights_hash
 from ..models.extended_lm import ExtendedLMModel
 from . import safety, xp_checkpoints
@@ -104,7 +106,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
     def _resolve_reference(self, reference: str) -> str:
         """Absolute path for local files (Hydra changes the working directory), as is otherwise."""
         if reference.startswith(SIG_PREFIX):
-            return str(xp_checkpoints.resolve_sig(reference))
+            return str(xp_checkpoints.resolve_sig(reference, folder=self.xp.dora.dir))
         if reference.startswith(TINY_PREFIX):
             return reference
         from dora import git_save
@@ -146,15 +148,40 @@ class ExtendedMusicGenSolver(MusicGenSolver):
     def build_dataloaders(self) -> None:
         self._load_base()
         safety.check_datasources(self.cfg)
+        safety.check_generate_durations(self.cfg)
+        each_file_splits = self._size_unsized_splits()
         super().build_dataloaders()
+        for split in each_file_splits:
+            visit_each_file_once(get_dataset_from_loader(self.dataloaders[split]))
         checks = self.cfg.get('data_checks') or {}
         if checks.get('audio', True) or checks.get('captions', True):
-            from audiocraft.utils.utils import get_dataset_from_loader
             datasets = {split: get_dataset_from_loader(loader) for split, loader in self.dataloaders.items()}
             count = safety.check_manifests(datasets, audio=checks.get('audio', True),
                                            captions=checks.get('captions', True) and
                                            self.DATASET_TYPE.name == 'MUSIC')
             self.logger.info("Data checks passed on %d audio files.", count)
+
+    def _size_unsized_splits(self) -> tp.List[str]:
+        """`dataset.SPLIT.num_samples: null` on valid/evaluate/generate: one segment of every file.
+
+        Returns the splits so sized (see `data.manifests`); the others keep AudioCraft's sampling.
+        """
+        sized = []
+        execute_only = self.cfg.get('execute_only')
+        for split in EVALUATION_SPLITS:
+            source = self.cfg.datasource.get(split)
+            split_cfg = self.cfg.dataset.get(split) or {}
+            segment = split_cfg.get('segment_duration', self.cfg.dataset.get('segment_duration'))
+            if not isinstance(source, str) or (execute_only and split != execute_only) \
+                    or split_cfg.get('num_samples') is not None or segment is None:
+                continue
+            count = count_entries(manifest_file(source))
+            with omegaconf.open_dict(self.cfg):
+                self.cfg.dataset[split].num_samples = count
+            self.logger.info("dataset.%s.num_samples is not set: one %s s segment of each of the %d files of %s.",
+                             split, segment, count, source)
+            sized.append(split)
+        return sized
 
     def build_model(self) -> None:
         """Frozen base + new layers; optimizer, EMA and schedule over the new layers only."""

@@ -22,6 +22,8 @@ import typing as tp
 
 import torch
 
+from ..data.manifests import count_entries, manifest_file
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = 'training.lock'
@@ -192,23 +194,17 @@ def _report(problems: tp.List[str], what: str, fix: str) -> None:
 
 def check_datasources(cfg: tp.Any) -> None:
     """Every `datasource.SPLIT` path exists and holds a non-empty manifest (before AudioCraft reads it)."""
-    import gzip
     execute_only = cfg.get('execute_only')
     for split, value in cfg.datasource.items():
         if not isinstance(value, str) or (execute_only and split != execute_only):
             continue
-        path = Path(value)
-        if path.is_dir():
-            candidates = [path / 'data.jsonl', path / 'data.jsonl.gz']
-            path = next((c for c in candidates if c.exists()), candidates[0])
+        path = manifest_file(value)
         hint = ("set egs_root to a folder written by `audiocraft-ext prepare-data` (with train/, valid/, "
                 f"evaluate/, generate/ manifests), or datasource.{split} to a manifest")
         if not path.exists():
             raise DataCheckError(f"datasource.{split}={value}: no manifest at {path}: {hint}.")
-        opener = gzip.open if path.suffix == '.gz' else open
         try:
-            with opener(path, 'rt') as file:
-                empty = not any(line.strip() for line in file)
+            empty = count_entries(path) == 0
         except OSError as error:
             raise DataCheckError(f"datasource.{split}: cannot read the manifest {path} ({error}): {hint}.") from None
         if empty:
@@ -287,3 +283,34 @@ def check_extension_config(num_additional_layers: tp.Any, extension_scale: tp.An
         raise ValueError(f"extended_model.extension_scale={extension_scale!r} is out of range: use a finite "
                          "number >= 0 (1.0 trains the new layers at full strength; 0.0 gives the base model).")
     return num_additional_layers, scale
+
+
+# Loudness (ITU-R BS.1770, torchaudio's `Loudness`) is measured over 400 ms blocks: shorter audio fails.
+LOUDNESS_MIN_SECONDS = 0.4
+
+
+def check_generate_durations(cfg: tp.Any) -> None:
+    """The generate stage's clips are long enough for `generate.audio.strategy=loudness`.
+
+    AudioCraft's sample manager normalises every clip it writes (the prompt, a quarter of the
+    generate segment by default, and the generation) and fails on clips under 0.4 s after the
+    epoch's training, before its checkpoint; this refuses such a config before training instead.
+    """
+    if cfg.generate.audio.get('strategy') != 'loudness':
+        return
+    split = cfg.dataset.get('generate') or {}
+    segment = split.get('segment_duration', cfg.dataset.get('segment_duration'))
+    if segment is None:
+        return
+    lm = cfg.generate.lm
+    clips = {'generate.lm.gen_duration': lm.get('gen_duration') or segment}
+    if lm.get('prompted_samples', True):
+        clips['generate.lm.prompt_duration'] = lm.get('prompt_duration') or segment / 4
+    for key, seconds in clips.items():
+        if float(seconds) < LOUDNESS_MIN_SECONDS:
+            raise ValueError(
+                f"{key} is {float(seconds):g} s (the generate split's segments are {segment} s), shorter than the "
+                f"{LOUDNESS_MIN_SECONDS} s that generate.audio.strategy=loudness needs to measure loudness: "
+                "AudioCraft's generate stage would fail after the epoch's training. Set "
+                f"dataset.segment_duration={4 * LOUDNESS_MIN_SECONDS:g} or more, {key}={LOUDNESS_MIN_SECONDS} or more, "
+                "or generate.audio.strategy=peak.")

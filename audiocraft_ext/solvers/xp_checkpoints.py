@@ -62,7 +62,7 @@ def plain_state(state: tp.Any) -> tp.Any:
 
 
 def dora_dir() -> Path:
-    """Where `//sig/SIG` experiments live: the running XP's Dora folder, else our entry point's."""
+    """The default Dora folder: the running XP's, else our entry point's (`dora.dir` of the config)."""
     import dora
     if dora.is_xp():
         return Path(dora.get_xp().dora.dir)
@@ -70,15 +70,30 @@ def dora_dir() -> Path:
     return Path(train.main.dora.dir)
 
 
-def resolve_sig(reference: str, name: tp.Optional[str] = None) -> Path:
-    """`//sig/SIG` -> `<dora.dir>/xps/SIG/checkpoint.th` (or `checkpoint_<name>.th`)."""
+class RunNotFoundError(FileNotFoundError):
+    """`//sig/SIG` names no experiment (or one without a checkpoint) in the Dora folder searched."""
+
+
+def resolve_sig(reference: str, name: tp.Optional[str] = None,
+                folder: tp.Optional[tp.Union[str, Path]] = None) -> Path:
+    """`//sig/SIG` -> `<dora dir>/xps/SIG/checkpoint.th` (or `checkpoint_<name>.th`).
+
+    Args:
+        reference (str): `//sig/SIG`.
+        name (str, optional): checkpoint name suffix.
+        folder (str or Path, optional): the Dora folder (`dora.dir`); default `dora_dir()`.
+    """
     sig = reference[len(SIG_PREFIX):].strip('/')
-    folder = dora_dir() / 'xps' / sig
-    path = folder / (f'checkpoint_{name}.th' if name else 'checkpoint.th')
+    xps = Path(folder if folder is not None else dora_dir()).expanduser().resolve() / 'xps'
+    path = xps / sig / (f'checkpoint_{name}.th' if name else 'checkpoint.th')
     if not path.exists():
-        hint = "the experiment has not saved a checkpoint yet" if folder.exists() else \
-            f"no experiment {sig!r} in {dora_dir() / 'xps'} (set dora.dir or AUDIOCRAFT_EXT_DORA_DIR)"
-        raise FileNotFoundError(f"Cannot resolve {reference}: {path} does not exist; {hint}.")
+        if (xps / sig).exists():
+            raise RunNotFoundError(f"{reference}: {path} does not exist: the run has not saved a checkpoint yet "
+                                   "(it saves one at the end of every epoch).")
+        raise RunNotFoundError(
+            f"{reference}: no run {sig!r} in {xps}. Point to the folder the run used with --dora-dir DIR "
+            "(dora.dir=DIR for python -m audiocraft_ext.*, or AUDIOCRAFT_EXT_DORA_DIR=DIR), or pass the "
+            "run's own folder (DIR/xps/SIG) instead.")
     return path
 
 
@@ -126,25 +141,26 @@ def tiny_base(reference: str):
     return build_tiny_musicgen(flavour, seed=seed)
 
 
-def load_base(reference: str, device: tp.Optional[str] = None):
+def load_base(reference: str, device: tp.Optional[str] = None, folder: tp.Optional[tp.Union[str, Path]] = None):
     """The frozen base named by `pretrained_model_checkpoint`, as a plain `MusicGen`.
 
     Beyond what `models.checkpoints.load_base_musicgen` accepts (Hugging Face id, exported
     directory, AudioCraft `checkpoint.th`, `ExtendedMusicGen.save` file), this resolves
-    `//sig/SIG` and checkpoints of our own solver (their best extension is merged into a plain
-    L + N layer MusicGen to keep extending), and `//tiny/FLAVOUR[/SEED]` (debug only).
+    `//sig/SIG` (in the Dora folder `folder`, default `dora_dir()`) and checkpoints of our own
+    solver (their best extension is merged into a plain L + N layer MusicGen to keep extending),
+    and `//tiny/FLAVOUR[/SEED]` (debug only).
     """
     from ..models.checkpoints import load_base_musicgen
     if reference.startswith(TINY_PREFIX):
         return tiny_base(reference)
-    path = resolve_sig(reference) if reference.startswith(SIG_PREFIX) else Path(reference)
+    path = resolve_sig(reference, folder=folder) if reference.startswith(SIG_PREFIX) else Path(reference)
     if read_solver_checkpoint(path) is not None:
-        return extended_from_solver_checkpoint(path, device=device).merged_musicgen()
+        return extended_from_solver_checkpoint(path, device=device, folder=folder).merged_musicgen()
     return load_base_musicgen(str(path) if path.exists() else reference, device=device)
 
 
 def extended_from_solver_checkpoint(path: tp.Union[str, Path], state: str = 'best',
-                                    device: tp.Optional[str] = None):
+                                    device: tp.Optional[str] = None, folder: tp.Optional[tp.Union[str, Path]] = None):
     """An `ExtendedMusicGen` from a solver checkpoint (file, xp folder or `//sig/SIG`).
 
     Args:
@@ -152,15 +168,19 @@ def extended_from_solver_checkpoint(path: tp.Union[str, Path], state: str = 'bes
         state (str): 'best' (the best validation state, with EMA when EMA is used) or 'last'
             (the weights at the end of the last epoch).
         device (str, optional): where to load; default cuda if available.
+        folder (str or Path, optional): the Dora folder `//sig/SIG` refers to; default `dora_dir()`.
     """
     from ..models.checkpoints import CheckpointError
     from ..models.extended_musicgen import ExtendedMusicGen
     reference = str(path)
     if reference.startswith(SIG_PREFIX):
-        path = resolve_sig(reference)
+        path = resolve_sig(reference, folder=folder)
     path = Path(path)
     if path.is_dir():
         path = path / 'checkpoint.th'
+    if not path.exists():
+        raise RunNotFoundError(f"{reference}: {path} does not exist. Give a run's folder (DORA_DIR/xps/SIG), its "
+                               "checkpoint.th, or //sig/SIG with the Dora folder it was trained in.")
     pkg = read_solver_checkpoint(path)
     if pkg is None:
         raise CheckpointError(f"{path} is not a checkpoint of ExtendedMusicGenSolver.")
@@ -168,7 +188,7 @@ def extended_from_solver_checkpoint(path: tp.Union[str, Path], state: str = 'bes
         raise ValueError(f"state must be 'best' or 'last', got {state!r}.")
     extension_state = pkg['best_state']['model'] if state == 'best' else pkg['model']
     info = pkg['base_model']
-    base = load_base(info['reference'], device=device)
+    base = load_base(info['reference'], device=device, folder=folder)
     reference = None if info['reference'].startswith(TINY_PREFIX) else info['reference']
     return ExtendedMusicGen.from_extension(base, info['extension_config'], extension_state, info['hash'],
                                            base_reference=reference, source=str(path),

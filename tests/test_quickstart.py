@@ -1,0 +1,142 @@
+"""docs/TRAINING.md §0 (CPU quick start) run as a user types it, in subprocesses.
+
+The commands are read from the documentation, so the docs and this test cannot drift apart. Only
+the placeholder `SIG` is replaced, by the signature the training log prints. The shipped
+defaults are kept apart from the sizes a CPU needs: `dataset.num_workers` stays at 10 with the
+`forkserver` start method (the DataLoader workers re-import the training entry point), and the
+valid/evaluate/generate split sizes stay as shipped (the evaluate split has no fixed size).
+"""
+import json
+import os
+from pathlib import Path
+import re
+import shlex
+import subprocess
+import sys
+import typing as tp
+
+import pytest
+import torch
+
+from audiocraft_ext.data.prepare import write_synthetic_audio
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / 'docs' / 'TRAINING.md'
+RUN_FOLDER = re.compile(r'All XP logs are stored in (\S+)/xps/(\w+)')
+
+pytestmark = pytest.mark.slow
+
+
+def documented_block(marker: str) -> str:
+    """The fenced code block that follows `<!-- quickstart:MARKER -->` in docs/TRAINING.md."""
+    text = DOCS.read_text()
+    start = text.index(f'<!-- quickstart:{marker} -->')
+    fence = text.index('```', start)
+    body = text.index('\n', fence) + 1
+    return text[body:text.index('```', body)]
+
+
+def documented_commands() -> tp.List[str]:
+    """The shell commands of the quick start, continuation lines joined."""
+    return [line for line in documented_block('commands').replace('\\\n', ' ').splitlines() if line.strip()]
+
+
+def shell(command: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`command` through bash, with this interpreter's environment first on PATH (as after `make`)."""
+    env = dict(os.environ, PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}',
+               PYTHONWARNINGS='ignore')
+    env.pop('AUDIOCRAFT_EXT_DORA_DIR', None)
+    return subprocess.run(['bash', '-c', command], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def succeeded(result: subprocess.CompletedProcess, command: str) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+@pytest.fixture(scope='module')
+def user_folder(tmp_path_factory) -> Path:
+    """What a user starts with: 14 audio files and a captions table in `my_music/`."""
+    root = tmp_path_factory.mktemp('quickstart')
+    write_synthetic_audio(root / 'my_music', num_files=14, duration=3.0)
+    return root
+
+
+@pytest.fixture(scope='module')
+def quickstart(user_folder) -> tp.Dict[str, tp.Any]:
+    """Every documented command, in order; returns the run's signature and the outputs."""
+    commands = documented_commands()
+    assert [c.split()[:3] for c in commands] == [
+        ['audiocraft-ext', 'prepare-data', 'my_music'], ['python', '-m', 'audiocraft_ext.train'],
+        ['audiocraft-ext', 'export', 'SIG'], ['python', 'generate.py'], ['python', '-m', 'audiocraft_ext.evaluate']]
+    (user_folder / 'generate.py').write_text(documented_block('generate.py'))
+    outputs: tp.Dict[str, tp.Any] = {}
+    sig = None
+    for command in commands:
+        if sig is not None:
+            command = re.sub(r'\bSIG\b', sig, command)
+        result = succeeded(shell(command, user_folder), command)
+        outputs[command.split()[2] if command.startswith('python -m') else command.split()[1]] = result
+        if sig is None and 'audiocraft_ext.train' in command:
+            found = RUN_FOLDER.search(result.stdout + result.stderr)
+            assert found, f"the training log does not name its run folder:\n{result.stderr[-3000:]}"
+            assert Path(found.group(1)) == (user_folder / 'runs').resolve()
+            sig = found.group(2)
+    outputs['sig'] = sig
+    return outputs
+
+
+def test_training_uses_dataloader_workers_and_sizes_unset_splits(quickstart, user_folder):
+    xp = user_folder / 'runs' / 'xps' / quickstart['sig']
+    config = json.loads((xp / '.argv.json').read_text())
+    assert not any('num_workers' in arg or 'num_samples' in arg for arg in config), config
+    log = (xp / 'solver.log.0').read_text()
+    assert 'one 2 s segment of each of the' in log  # the evaluate split, num_samples unset
+    history = json.loads((xp / 'history.json').read_text())
+    assert len(history) == 1 and {'train', 'valid', 'evaluate', 'generate'} <= set(history[0])
+
+
+def test_exported_model_generates_the_documented_file(quickstart, user_folder):
+    import torchaudio
+    assert (user_folder / 'extended.pt').is_file()
+    wav, sample_rate = torchaudio.load(str(user_folder / 'generated_audio.wav'))
+    assert sample_rate == 16000 and wav.shape[0] == 1
+    assert abs(wav.shape[-1] / sample_rate - 2.0) < 0.05
+    assert torch.isfinite(wav).all() and wav.abs().max() > 0
+
+
+def test_evaluation_reports_base_and_extended(quickstart, user_folder):
+    metrics_file = user_folder / 'runs' / 'xps' / quickstart['sig'] / 'evaluation' / 'metrics.json'
+    report = json.loads(metrics_file.read_text())
+    new = report['sets']['new']
+    assert new['base']['ce'] > 0 and new['extended']['ce'] > 0
+    assert str(metrics_file) in quickstart['audiocraft_ext.evaluate'].stdout
+
+
+def test_dora_run_trains_the_same_model(quickstart, user_folder):
+    """`dora -P audiocraft_ext run solver=...` + the same overrides: same signature, same weights."""
+    train = next(c for c in documented_commands() if 'audiocraft_ext.train' in c)
+    overrides = [arg for arg in shlex.split(train)[3:] if not arg.startswith(('--config', 'dora.dir='))]
+    command = shlex.join(['dora', '-P', 'audiocraft_ext', 'run', 'solver=extended_musicgen', *overrides,
+                          'dora.dir=dora_runs'])
+    succeeded(shell(command, user_folder), command)
+    ours = torch.load(user_folder / 'runs' / 'xps' / quickstart['sig'] / 'checkpoint.th')
+    theirs = torch.load(user_folder / 'dora_runs' / 'xps' / quickstart['sig'] / 'checkpoint.th')
+    assert ours['model'].keys() == theirs['model'].keys()
+    assert all(torch.equal(ours['model'][k], theirs['model'][k]) for k in ours['model'])
+
+
+def test_export_of_a_missing_run_names_where_it_looked(quickstart, user_folder):
+    command = 'audiocraft-ext export deadbeef out.pt --dora-dir runs'
+    result = shell(command, user_folder)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert lines[0].startswith("error: //sig/deadbeef: no run 'deadbeef' in ")
+    assert str((user_folder / 'runs' / 'xps').resolve()) in lines[0] and '--dora-dir' in lines[0]
+    assert not (user_folder / 'out.pt').exists()
+    # The run's own folder works without --dora-dir.
+    folder = user_folder / 'runs' / 'xps' / quickstart['sig']
+    succeeded(shell(f'audiocraft-ext export {folder} by_folder.pt', user_folder), 'export by folder')
+    assert (user_folder / 'by_folder.pt').is_file()
