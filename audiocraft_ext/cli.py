@@ -4,7 +4,9 @@ Subcommands:
     demo             the mission end to end, offline, on a CPU (see audiocraft_ext/demo/pipeline.py).
     make-synth-data  write the synthetic two-domain captioned dataset.
     prepare-data     write AudioCraft dataset manifests and sidecar metadata for training.
-    export           turn a training run (dora sig or checkpoint) into a model file or AudioCraft layout.
+    export           turn a training run (dora sig or checkpoint) into an extension or AudioCraft's layout.
+    convert          rewrite an extension saved by an older version in the current format.
+    info             print what an extension holds, without loading its weights.
 
 Heavy imports (torch, audiocraft) happen inside the subcommands, so `audiocraft-ext --help`
 answers at once.
@@ -45,25 +47,101 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_dora_dir() -> Path:
+    """The Dora folder of `python -m audiocraft_ext.train` without `dora.dir=` (AUDIOCRAFT_EXT_DORA_DIR or /tmp)."""
+    from audiocraft_ext import train
+    return Path(train.main.dora.dir)
+
+
 def _export(args: argparse.Namespace) -> int:
-    """A training run (//sig/SIG, xp folder or checkpoint.th) -> ExtendedMusicGen file or AudioCraft dir."""
-    from audiocraft_ext.models.checkpoints import CheckpointError
-    from audiocraft_ext.solvers.xp_checkpoints import RunNotFoundError, extended_from_solver_checkpoint
+    """A training run -> an extension or AudioCraft's layout; an AudioCraft MusicGen checkpoint -> AudioCraft's layout."""
+    from audiocraft_ext.io.base_reference import SIG_PREFIX, resolve_base
+    from audiocraft_ext.io.destinations import check_destination
+    from audiocraft_ext.io.errors import CheckpointError, OverwriteError
+    from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen, write_musicgen_exported
+    from audiocraft_ext.models.bases import load_plain_base
     source = args.source
     if not source.startswith('//') and not Path(source).exists() and '/' not in source:
-        source = '//sig/' + source  # a bare dora signature
+        source = SIG_PREFIX + source  # a bare dora signature
     try:
-        model = extended_from_solver_checkpoint(source, state=args.state, device='cpu', folder=args.dora_dir)
-    except (RunNotFoundError, CheckpointError) as error:
+        run = resolve_base(source, args.dora_dir or _default_dora_dir(), allow_pickle=args.allow_pickle)
+        if run.kind not in ('solver_checkpoint', 'audiocraft_checkpoint'):
+            raise CheckpointError(f"{args.source} is not a training run (a {run.kind} base): export takes the "
+                                  "checkpoint.th of a training run, its XP folder or //sig/SIG.")
+        location = Path(run.location)
+        check_destination(args.out, {location.parent: 'the training run it exports'}, args.overwrite)
+        if run.kind == 'audiocraft_checkpoint':  # a plain MusicGen run: no new layers
+            if args.format != 'audiocraft':
+                raise CheckpointError(f"{location} is a checkpoint of AudioCraft's MusicGenSolver (no new layers): "
+                                      "export it with --format audiocraft.")
+            out = write_musicgen_exported(load_plain_base(run, 'cpu', args.allow_pickle), args.out, args.overwrite)
+            print(f"Wrote AudioCraft's layout to {out} (load with MusicGen.get_pretrained('{out}'))")
+            return 0
+        model = ExtendedMusicGen.from_solver_checkpoint(location, state=args.state, device='cpu',
+                                                        allow_pickle=args.allow_pickle)
+        if args.format == 'audiocraft':
+            out = model.export_audiocraft(args.out, overwrite=args.overwrite)
+            print(f"Wrote AudioCraft's layout to {out} (load with MusicGen.get_pretrained('{out}'))")
+        else:
+            out = model.save(args.out, include_base=not args.adapter_only, overwrite=args.overwrite)
+            kind = 'adapter-only' if args.adapter_only else 'self-contained'
+            print(f"Wrote the {kind} extension {out} (load with ExtendedMusicGen.get_pretrained('{out}'))")
+    except (FileNotFoundError, CheckpointError, OverwriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.format == 'audiocraft':
-        out = model.export_audiocraft(args.out)
-        print(f"Wrote AudioCraft's layout to {out} (load with MusicGen.get_pretrained('{out}'))")
-    else:
-        out = model.save(args.out, include_base=not args.adapter_only)
-        kind = 'adapter-only' if args.adapter_only else 'self-contained'
-        print(f"Wrote {kind} {out} (load with ExtendedMusicGen.get_pretrained('{out}'))")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """An extension in an older format (a `.pt` file) -> the current format (file or directory)."""
+    from audiocraft_ext.io import extension_files
+    from audiocraft_ext.io.destinations import check_destination
+    from audiocraft_ext.io.errors import CheckpointError, OverwriteError
+    try:
+        destination = check_destination(args.new, {Path(args.old): 'the extension being converted'},
+                                         args.overwrite)
+        package = extension_files.read(args.old)
+        write = extension_files.write_file if Path(args.new).suffix else extension_files.write_directory
+        write(package, destination)
+    except (FileNotFoundError, CheckpointError, OverwriteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {destination} (load with ExtendedMusicGen.get_pretrained('{destination}'))")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    """What an extension holds, read from its config and tensor headers (no weights loaded)."""
+    from audiocraft_ext.io import extension_files
+    from audiocraft_ext.io.errors import CheckpointError
+    try:
+        config = extension_files.read_config(args.model)
+        counts = extension_files.parameter_counts(args.model)
+    except (FileNotFoundError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    extension, base = config['extension'], config['base']
+    layer = extension.get('layer_config', {})
+    rows = [('model', str(args.model)),
+            ('format', f"{config['format']} version {config['format_version']} "
+                       f"({extension_files.kind_of(args.model)}), written by audiocraft-ext "
+                       f"{config.get('library_version') or 'unknown'}"),
+            ('base', f"{base.get('reference') or '(in memory when saved)'}"),
+            ('base hash', base['hash']),
+            ('base included', 'yes (self-contained)' if 'base_lm' in counts else 'no (adapter only: needs the base)'),
+            ('new layers', f"{extension['num_additional_layers']} (dim {layer.get('d_model')}, "
+                           f"{layer.get('num_heads')} heads, feed-forward {layer.get('dim_feedforward')})"),
+            ('trainable params', f"{counts['extension']:,}"),
+            ('extension_scale', str(extension.get('extension_scale'))),
+            ('name', str(config.get('name'))), ('max_duration', f"{config.get('max_duration')} s")]
+    if 'base_lm' in counts:
+        rows.append(('base params', f"{counts['base_lm']:,} (LM)" +
+                     (f" + {counts['compression']:,} (compression model)" if 'compression' in counts else '')))
+    for key, value in sorted((config.get('generation') or {}).items()):
+        rows.append((f'generation.{key}', str(value)))
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
     return 0
 
 
@@ -109,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         description='Export the extension trained by a run (dora signature, //sig/SIG, xp folder or '
                     'checkpoint.th) with its base.')
     export.add_argument('source', help='dora signature, //sig/SIG, xp folder or checkpoint.th')
-    export.add_argument('out', help='output file (.pt) or, with --format audiocraft, a directory')
+    export.add_argument('out', help='NAME.safetensors (one file) or a directory (an extension directory, or with '
+                                    '--format audiocraft, AudioCraft\'s layout)')
     export.add_argument('--format', choices=['extended', 'audiocraft'], default='extended',
                         help='extended: a file for ExtendedMusicGen.get_pretrained (default); audiocraft: '
                              'state_dict.bin + compression_state_dict.bin for stock MusicGen.get_pretrained')
@@ -117,10 +196,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help='only the new layers and a reference to the base (extended format)')
     export.add_argument('--state', choices=['best', 'last'], default='best',
                         help='best validation state (default) or last epoch')
+    export.add_argument('--overwrite', action='store_true', help='replace OUT if it exists (never the run or the base)')
+    export.add_argument('--allow-pickle', action='store_true',
+                        help='load a base checkpoint that only full unpickling can read (it can run code: only for '
+                             'files from a source you trust; docs/SECURITY.md)')
     export.add_argument('--dora-dir', metavar='DIR',
                         help='the dora.dir the run was trained with, where SIG is looked up (default: '
                              '$AUDIOCRAFT_EXT_DORA_DIR or /tmp/audiocraft_ext_$USER)')
     export.set_defaults(func=_export)
+
+    convert = commands.add_parser(
+        'convert', help='rewrite an extension saved by an older version (.pt) in the current format',
+        description='Read OLD (a .pt file written by ExtendedMusicGen.save before format version 2, loaded with '
+                    'torch.load(weights_only=True)) and write NEW: one .safetensors file, or a directory when NEW '
+                    'has no suffix. Checksums, keys and values are checked on the way.')
+    convert.add_argument('old', help='the extension to convert')
+    convert.add_argument('new', help='NAME.safetensors (one file) or a directory')
+    convert.add_argument('--overwrite', action='store_true', help='replace NEW if it exists')
+    convert.set_defaults(func=_convert)
+
+    info = commands.add_parser(
+        'info', help='print what an extension holds, without loading its weights',
+        description='Base reference and hash, number of new layers, trainable parameters, format version and '
+                    'generation defaults of an extension (directory, .safetensors or legacy .pt file).')
+    info.add_argument('model', help='an extension written by ExtendedMusicGen.save or audiocraft-ext export')
+    info.set_defaults(func=_info)
 
     from audiocraft_ext.data.synth import add_arguments, run_synth
     synth = commands.add_parser('make-synth-data', help='write the synthetic two-domain captioned dataset (old/new)')

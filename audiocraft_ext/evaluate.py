@@ -28,6 +28,8 @@ import typing as tp
 import omegaconf
 
 from . import train
+from .io.errors import CheckpointError
+from .io.solver_checkpoints import read_solver_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +102,13 @@ def xp_for_sig(sig: str, overrides: tp.Sequence[str]):
 def xp_for_checkpoint(path: str, overrides: tp.Sequence[str]):
     """A new XP (`continue_from=PATH`) whose config is the checkpoint's training config + overrides."""
     from dora import git_save
-    from .solvers.xp_checkpoints import read_solver_checkpoint
     checkpoint = Path(git_save.to_absolute_path(str(Path(path).expanduser()))).resolve()
     if checkpoint.is_dir():
         checkpoint = checkpoint / 'checkpoint.th'
-    pkg = read_solver_checkpoint(checkpoint)
-    if pkg is None:
-        raise EvaluationError(f"checkpoint={path}: {checkpoint} is not a checkpoint of ExtendedMusicGenSolver.")
+    try:
+        pkg = read_solver_checkpoint(checkpoint)
+    except (FileNotFoundError, CheckpointError) as error:
+        raise EvaluationError(f"checkpoint={path}: {error}") from None
     ours = [arg for arg in overrides if not arg.startswith('dora.')]
     xp = train.main.get_xp([*ours, f'continue_from={checkpoint}', *_EVAL_ARGS])
     cfg = xp.cfg

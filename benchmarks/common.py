@@ -118,7 +118,7 @@ def tokens_per_second(model, prompts: tp.List[str], duration: float) -> float:
 
 def build_base(dim: int, layers: int, heads: int, card: int, n_q: int, device: str, seed: int = 0):
     """A random MusicGen-shaped base (text conditioning by cross-attention, like musicgen-small)."""
-    from audiocraft_ext.models.checkpoints import assemble_musicgen
+    from audiocraft_ext.models.bases import assemble_musicgen
     cpu_base = build_tiny_musicgen('text', seed=seed, dim=dim, num_layers=layers, num_heads=heads,
                                    card=card, n_q=n_q)
     return assemble_musicgen('base', cpu_base.compression_model.to(device), cpu_base.lm.to(device))

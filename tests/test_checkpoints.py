@@ -1,6 +1,9 @@
-"""Checkpoints of ExtendedMusicGen (issue 3): save / get_pretrained (self-contained and adapter),
-atomic writes, loading bases of every kind, and clear errors for bad files."""
+"""Saved extensions (issues 3 and 14): save / get_pretrained, self-contained and adapter-only, as one
+.safetensors file and as a directory; atomic writes; loading bases of every kind; clear errors for bad
+files. Hostile files, integrity checks and overwrite protection: test_file_safety.py."""
+import json
 import os
+import re
 from pathlib import Path
 import shutil
 
@@ -11,8 +14,10 @@ import torch
 from audiocraft.models import MusicGen
 
 from audiocraft_ext import ExtendedMusicGen
-from audiocraft_ext.models import checkpoints
-from audiocraft_ext.models.checkpoints import CheckpointError, EXTENDED_FORMAT_VERSION, weights_hash
+from audiocraft_ext.io import extension_files
+from audiocraft_ext.io.errors import CheckpointError
+from audiocraft_ext.io.hashing import weights_hash
+from audiocraft_ext.io.torch_files import read_torch_file
 from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, offline_demucs
 
 from conftest import file_digests, model_logits, perturb_extension
@@ -40,7 +45,7 @@ def _load(path, **kwargs) -> ExtendedMusicGen:
 
 
 def _torch_load(path):
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def _training_checkpoint(model: MusicGen, exported_dir: Path, path: Path) -> Path:
@@ -54,14 +59,16 @@ def _training_checkpoint(model: MusicGen, exported_dir: Path, path: Path) -> Pat
 
 # --- 7. save / get_pretrained -------------------------------------------------------------------
 
-@pytest.mark.parametrize('flavour', FLAVOURS)
-def test_self_contained_round_trip_is_bit_identical_without_the_base(flavour, exported_bases, tmp_path):
+@pytest.mark.parametrize('flavour,name', [(flavour, 'model.safetensors') for flavour in FLAVOURS] +
+                         [('text', 'model_dir')])
+def test_self_contained_round_trip_is_bit_identical_without_the_base(flavour, name, exported_bases, tmp_path):
     base_dir = _copy(exported_bases[flavour], tmp_path / 'base')
     model = _extended(base_dir)
     model.extension_scale = 0.7
+    model.set_generation_params(duration=0.5, top_k=7, extension_scale=0.7)
     expected = model_logits(model)
-    path = model.save(tmp_path / 'model.pt')
-    assert Path(path) == tmp_path / 'model.pt' and path.is_file()
+    path = model.save(tmp_path / name)
+    assert Path(path) == tmp_path / name and (path.is_file() if name.endswith('.safetensors') else path.is_dir())
     shutil.rmtree(base_dir)  # self-contained: the base is not needed any more
 
     loaded = _load(path)
@@ -73,22 +80,34 @@ def test_self_contained_round_trip_is_bit_identical_without_the_base(flavour, ex
     assert all(torch.equal(v, model.lm.extension.state_dict()[k])
                for k, v in loaded.lm.extension.state_dict().items())
     assert torch.equal(model_logits(loaded), expected)
+    assert loaded.duration == 0.5 and loaded.generation_params['top_k'] == 7  # generation defaults travel too
 
 
 def test_self_contained_file_holds_base_compression_extension_config_and_version(exported_bases, tmp_path):
     model = _extended(exported_bases['text'])
-    pkg = _torch_load(model.save(tmp_path / 'model.pt'))
-    assert isinstance(pkg['format_version'], int) and pkg['format_version'] >= 1
-    exported_lm = _torch_load(exported_bases['text'] / 'state_dict.bin')['best_state']
-    exported_compression = _torch_load(exported_bases['text'] / 'compression_state_dict.bin')['best_state']
-    lm_state, compression = pkg['base']['lm_state'], pkg['base']['compression']
-    assert lm_state.keys() == exported_lm.keys()
-    assert all(torch.equal(lm_state[k], exported_lm[k]) for k in exported_lm)
-    assert compression['best_state'].keys() == exported_compression.keys()
-    assert all(torch.equal(compression['best_state'][k], exported_compression[k]) for k in exported_compression)
-    assert pkg['extension']['config']['num_additional_layers'] == 2
-    assert pkg['extension']['state'].keys() == model.lm.extension.state_dict().keys()
-    assert pkg['base']['hash'] == weights_hash(exported_lm)
+    directory = model.save(tmp_path / 'model')
+    assert sorted(p.name for p in directory.iterdir()) == [
+        'base_lm.safetensors', 'base_lm.yaml', 'compression.safetensors', 'compression.yaml',
+        'extension.safetensors', 'extension_config.json']
+    pkg = extension_files.read(directory)
+    config = pkg.config
+    assert config['format'] == 'audiocraft_ext.extension' and config['format_version'] == 2
+    exported_lm = _torch_load(exported_bases['text'] / 'state_dict.bin')
+    exported_compression = _torch_load(exported_bases['text'] / 'compression_state_dict.bin')
+    lm_state, compression = pkg.tensors['base_lm'], pkg.tensors['compression']
+    assert lm_state.keys() == exported_lm['best_state'].keys()
+    assert all(torch.equal(lm_state[k], exported_lm['best_state'][k]) for k in lm_state)
+    assert compression.keys() == exported_compression['best_state'].keys()
+    assert all(torch.equal(compression[k], exported_compression['best_state'][k]) for k in compression)
+    assert OmegaConf.create(pkg.texts['base_lm']) == OmegaConf.create(exported_lm['xp.cfg'])
+    assert config['extension']['num_additional_layers'] == 2
+    assert pkg.tensors['extension'].keys() == model.lm.extension.state_dict().keys()
+    assert config['base']['hash'] == weights_hash(exported_lm['best_state'])
+    assert config['base']['reference'] == str(exported_bases['text'].resolve())
+    # The same content as one file, the config in its safetensors metadata.
+    single = extension_files.read(model.save(tmp_path / 'model.safetensors'))
+    assert single.config == config and single.texts == pkg.texts
+    assert all(torch.equal(single.tensors[part][k], v) for part in pkg.tensors for k, v in pkg.tensors[part].items())
 
 
 def test_adapter_round_trip_and_size(exported_bases, tmp_path):
@@ -96,13 +115,13 @@ def test_adapter_round_trip_and_size(exported_bases, tmp_path):
     model = _extended(base_dir)
     model.extension_scale = 0.3
     expected = model_logits(model)
-    adapter = model.save(tmp_path / 'adapter.pt', include_base=False)
-    full = model.save(tmp_path / 'full.pt')
+    adapter = model.save(tmp_path / 'adapter.safetensors', include_base=False)
+    full = model.save(tmp_path / 'full.safetensors')
 
-    pkg = _torch_load(adapter)
-    assert 'lm_state' not in pkg['base'] and 'compression' not in pkg['base']
-    assert pkg['base']['reference'] == str(base_dir)
-    assert pkg['base']['hash'] == weights_hash(_torch_load(base_dir / 'state_dict.bin')['best_state'])
+    pkg = extension_files.read(adapter)
+    assert set(pkg.tensors) == {'extension'} and not pkg.texts
+    assert pkg.config['base']['reference'] == str(base_dir)
+    assert pkg.config['base']['hash'] == weights_hash(_torch_load(base_dir / 'state_dict.bin')['best_state'])
     assert adapter.stat().st_size < full.stat().st_size / 3
     assert adapter.stat().st_size < (base_dir / 'state_dict.bin').stat().st_size
 
@@ -115,7 +134,7 @@ def test_adapter_round_trip_and_size(exported_bases, tmp_path):
 
 def test_adapter_refuses_another_base_with_both_hashes(exported_bases, other_text_base, tmp_path):
     model = _extended(exported_bases['text'])
-    adapter = model.save(tmp_path / 'adapter.pt', include_base=False)
+    adapter = model.save(tmp_path / 'adapter.safetensors', include_base=False)
     trained_on = weights_hash(_torch_load(exported_bases['text'] / 'state_dict.bin')['best_state'])
     other = weights_hash(_torch_load(other_text_base / 'state_dict.bin')['best_state'])
     assert trained_on != other
@@ -126,7 +145,7 @@ def test_adapter_refuses_another_base_with_both_hashes(exported_bases, other_tex
 
 def test_adapter_refuses_a_base_that_changed_at_its_reference(exported_bases, other_text_base, tmp_path):
     base_dir = _copy(exported_bases['text'], tmp_path / 'base')
-    adapter = _extended(base_dir).save(tmp_path / 'adapter.pt', include_base=False)
+    adapter = _extended(base_dir).save(tmp_path / 'adapter.safetensors', include_base=False)
     for name in ('state_dict.bin', 'compression_state_dict.bin'):
         shutil.copyfile(other_text_base / name, base_dir / name)
     with pytest.raises(CheckpointError) as info:
@@ -137,21 +156,22 @@ def test_adapter_refuses_a_base_that_changed_at_its_reference(exported_bases, ot
 def test_adapter_of_an_in_memory_base_is_refused_at_save(tmp_path):
     model = _extended(build_tiny_musicgen('text'))
     with pytest.raises(CheckpointError, match='include_base'):
-        model.save(tmp_path / 'adapter.pt', include_base=False)
+        model.save(tmp_path / 'adapter.safetensors', include_base=False)
     assert not any(tmp_path.iterdir())
     # Self-contained works for such a model.
-    loaded = _load(model.save(tmp_path / 'full.pt'))
+    loaded = _load(model.save(tmp_path / 'full.safetensors'))
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
 def test_newer_format_version_is_refused(exported_bases, tmp_path):
-    path = _extended(exported_bases['text']).save(tmp_path / 'model.pt')
-    pkg = _torch_load(path)
-    pkg['format_version'] = EXTENDED_FORMAT_VERSION + 1
-    torch.save(pkg, path)
+    path = _extended(exported_bases['text']).save(tmp_path / 'model')
+    config_file = path / extension_files.CONFIG_NAME
+    config = json.loads(config_file.read_text())
+    config['format_version'] = extension_files.FORMAT_VERSION + 1
+    config_file.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match='format version') as info:
         _load(path)
-    assert str(EXTENDED_FORMAT_VERSION + 1) in str(info.value)
+    assert str(extension_files.FORMAT_VERSION + 1) in str(info.value) and 'upgrade audiocraft-ext' in str(info.value)
 
 
 def test_file_not_written_by_save_is_refused_by_get_pretrained(exported_bases, tmp_path):
@@ -168,26 +188,32 @@ class _DiskFull(OSError):
 
 @pytest.mark.parametrize('error', [_DiskFull, KeyboardInterrupt])
 def test_save_is_atomic(exported_bases, tmp_path, monkeypatch, error):
+    import safetensors.torch
     model = _extended(exported_bases['text'])
-    path = model.save(tmp_path / 'model.pt')
-    before, expected = path.read_bytes(), model_logits(model)
+    path = model.save(tmp_path / 'model.safetensors')
+    directory = model.save(tmp_path / 'model_dir')
+    before, before_dir, expected = path.read_bytes(), file_digests(directory), model_logits(model)
     perturb_extension(model.lm, seed=7)  # the next save would write other bytes
-    real_save = torch.save
+    real_save_file = safetensors.torch.save_file
 
-    def failing_save(obj, f, *args, **kwargs):
-        real_save({'half': 'written'}, f)  # some bytes reach the file, then the write fails
-        raise error('simulated failure while writing')
+    def failing_save(tensors, *args, **kwargs):
+        raise error('simulated failure while serialising')
 
-    monkeypatch.setattr(torch, 'save', failing_save)
-    for target in (path, tmp_path / 'new.pt'):
-        with pytest.raises(error):
-            model.save(target)
-        with pytest.raises(error):
-            model.save(target, include_base=False)
+    def failing_save_file(tensors, filename, *args, **kwargs):
+        real_save_file(tensors, filename, *args, **kwargs)  # a file of the directory is written ...
+        raise error('simulated failure while writing')  # ... then the write fails
+
+    monkeypatch.setattr(safetensors.torch, 'save', failing_save)
+    monkeypatch.setattr(safetensors.torch, 'save_file', failing_save_file)
+    for target in (path, tmp_path / 'new.safetensors', directory, tmp_path / 'new_dir'):
+        for include_base in (True, False):
+            with pytest.raises(error):
+                model.save(target, include_base=include_base, overwrite=True)
     monkeypatch.undo()
-    assert path.read_bytes() == before  # the previous file is intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pt']  # no temporary, no new.pt
+    assert path.read_bytes() == before and file_digests(directory) == before_dir  # the previous ones are intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['model.safetensors', 'model_dir']  # no temporary
     assert torch.equal(model_logits(_load(path)), expected)
+    assert torch.equal(model_logits(_load(directory)), expected)
 
 
 def test_saved_files_get_the_usual_permissions(exported_bases, tmp_path):
@@ -197,8 +223,9 @@ def test_saved_files_get_the_usual_permissions(exported_bases, tmp_path):
     reference.write_bytes(b'')
     expected = reference.stat().st_mode & 0o777
     model = _extended(exported_bases['text'])
-    written = [model.save(tmp_path / 'full.pt'), model.save(tmp_path / 'adapter.pt', include_base=False)]
+    written = [model.save(tmp_path / 'full.safetensors'), model.save(tmp_path / 'adapter.safetensors', include_base=False)]
     written += list(model.export_audiocraft(tmp_path / 'export').iterdir())
+    written += list(model.save(tmp_path / 'directory').iterdir())
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(expected)}
 
 
@@ -206,13 +233,13 @@ def test_the_base_files_are_never_modified(exported_bases, tmp_path):
     base_dir = _copy(exported_bases['text'], tmp_path / 'base')
     before = file_digests(base_dir)
     model = _extended(base_dir)
-    full = model.save(tmp_path / 'full.pt')
-    adapter = model.save(tmp_path / 'adapter.pt', include_base=False)
+    full = model.save(tmp_path / 'full.safetensors')
+    adapter = model.save(tmp_path / 'adapter', include_base=False)
     model.export_audiocraft(tmp_path / 'export')
     _load(adapter)
     _load(full)
     again = ExtendedMusicGen.from_base(str(full), 1, device='cpu')
-    again.save(tmp_path / 'again.pt', include_base=False)
+    again.save(tmp_path / 'again.safetensors', include_base=False)
     assert file_digests(base_dir) == before
 
 
@@ -241,7 +268,7 @@ def test_from_base_exported_directory(flavour, exported_bases):
     model.extension_scale = 0.0
     reference = build_tiny_musicgen(flavour)  # built independently, same seed as the export
     assert torch.equal(model_logits(model), model_logits(reference))
-    assert model.base_reference == str(exported_bases[flavour])
+    assert model.base_reference == str(exported_bases[flavour].resolve())
     assert (model.sample_rate, model.audio_channels, model.max_duration) == \
         (reference.sample_rate, reference.audio_channels, reference.max_duration)
 
@@ -254,21 +281,22 @@ def test_from_base_training_checkpoint(exported_bases, tmp_path):
     assert model.sample_rate == reference.sample_rate and model.max_duration == reference.max_duration
     assert torch.equal(model_logits(model), model_logits(reference))
     perturb_extension(model.lm)
-    loaded = _load(model.save(tmp_path / 'adapter.pt', include_base=False))
+    loaded = _load(model.save(tmp_path / 'adapter.safetensors', include_base=False))
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
 def test_training_checkpoint_base_saves_self_contained(exported_bases, tmp_path):
     path = _training_checkpoint(build_tiny_musicgen('text'), exported_bases['text'], tmp_path / 'checkpoint.th')
     model = _extended(path)
-    loaded = _load(model.save(tmp_path / 'model.pt'))
+    loaded = _load(model.save(tmp_path / 'model.safetensors'))
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
 def test_stock_loaded_base_saves_self_contained(exported_bases, tmp_path):
     stock = MusicGen.get_pretrained(str(exported_bases['text']), device='cpu')
     model = _extended(stock)
-    loaded = _load(model.save(tmp_path / 'model.pt'))
+    assert model.base_reference == str(exported_bases['text'].resolve())  # MusicGen keeps where it came from
+    loaded = _load(model.save(tmp_path / 'model.safetensors'))
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
@@ -276,7 +304,7 @@ def test_stock_loaded_base_saves_self_contained(exported_bases, tmp_path):
 def test_from_base_extended_file_merges_then_extends(exported_bases, tmp_path, include_base):
     first = _extended(exported_bases['text'], num_additional_layers=2)
     first.extension_scale = 0.5
-    path = first.save(tmp_path / 'first.pt', include_base=include_base)
+    path = first.save(tmp_path / 'first.safetensors', include_base=include_base)
     second = ExtendedMusicGen.from_base(str(path), 3, device='cpu')
     assert second.lm.num_base_layers == 4 and len(second.lm.base_transformer.layers) == 4
     assert second.lm.num_additional_layers == 3 and len(second.lm.extension.layers) == 3
@@ -284,7 +312,7 @@ def test_from_base_extended_file_merges_then_extends(exported_bases, tmp_path, i
     torch.testing.assert_close(model_logits(second), model_logits(first), atol=1e-5, rtol=0)
     # Its own adapter refers to the first file and round-trips.
     perturb_extension(second.lm, seed=3)
-    loaded = _load(second.save(tmp_path / 'second.pt', include_base=False))
+    loaded = _load(second.save(tmp_path / 'second.safetensors', include_base=False))
     assert loaded.lm.num_base_layers == 4
     assert torch.equal(model_logits(loaded), model_logits(second))
 
@@ -305,7 +333,9 @@ def test_missing_relative_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     def no_hub(*args, **kwargs):
         raise RuntimeError('the Hugging Face hub was queried')
 
-    monkeypatch.setattr(MusicGen, 'get_pretrained', staticmethod(no_hub))
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, 'hf_hub_download', no_hub)
+    monkeypatch.setattr(huggingface_hub, 'snapshot_download', no_hub)
     with pytest.raises(FileNotFoundError, match='missing.pt'):
         ExtendedMusicGen.from_base('checkpoints/missing.pt', 2, device='cpu')
 
@@ -315,8 +345,8 @@ def _bad_files(tmp_path, exported_bases):
     empty.write_bytes(b'')
     noise = tmp_path / 'noise.pt'
     noise.write_bytes(os.urandom(4096))
-    full = _extended(exported_bases['text']).save(tmp_path / 'full.pt')
-    truncated = tmp_path / 'truncated.pt'
+    full = _extended(exported_bases['text']).save(tmp_path / 'full.safetensors')
+    truncated = tmp_path / 'truncated.safetensors'
     truncated.write_bytes(full.read_bytes()[:full.stat().st_size // 2])
     return [empty, noise, truncated]
 
@@ -385,5 +415,48 @@ def test_read_errors_do_not_leak_low_level_exceptions(tmp_path):
     path = tmp_path / 'bad.pt'
     path.write_bytes(b'PK\x03\x04 not really a zip')
     with pytest.raises(CheckpointError):
-        checkpoints.read_torch_file(path)
+        read_torch_file(path)
     assert issubclass(CheckpointError, ValueError)
+
+
+# --- 14. Command line: export of an AudioCraft run, convert, info -----------------------------------
+
+def test_export_of_an_audiocraft_musicgen_checkpoint_to_the_stock_layout(exported_bases, tmp_path, capsys):
+    from audiocraft_ext import cli
+    reference = build_tiny_musicgen('text')
+    (tmp_path / 'xp').mkdir()
+    path = _training_checkpoint(reference, exported_bases['text'], tmp_path / 'xp' / 'checkpoint.th')
+    assert cli.main(['export', str(path), str(tmp_path / 'model.safetensors')]) == 2
+    assert '--format audiocraft' in capsys.readouterr().err
+    assert cli.main(['export', str(path), str(tmp_path / 'exported'), '--format', 'audiocraft']) == 0
+    stock = MusicGen.get_pretrained(str(tmp_path / 'exported'), device='cpu')
+    assert torch.equal(model_logits(stock), model_logits(reference))
+
+
+def test_convert_and_info_of_a_legacy_file(exported_bases, tmp_path, capsys):
+    from audiocraft_ext import cli
+    from audiocraft_ext.models.bases import compression_package
+    model = _extended(exported_bases['text'])
+    model.extension_scale = 0.25
+    legacy = tmp_path / 'old.pt'  # what audiocraft-ext 0.1 wrote (format version 1)
+    torch.save({'format': extension_files.LEGACY_FORMAT, 'format_version': 1, 'audiocraft_ext_version': '0.1.0',
+                'name': model.name, 'max_duration': model.max_duration,
+                'base': {'reference': model.base_reference, 'hash': model.base_hash,
+                         'lm_cfg': OmegaConf.to_yaml(model.lm.cfg), 'lm_state': model.lm.base_state_dict(),
+                         'compression': compression_package(model.compression_model, model.base_reference)},
+                'extension': {'config': model.lm.extension_config, 'state': model.lm.extension_state_dict()}},
+               legacy)
+    expected = model_logits(model)
+    assert torch.equal(model_logits(_load(legacy)), expected)
+    assert cli.main(['convert', str(legacy), str(tmp_path / 'new.safetensors')]) == 0
+    assert torch.equal(model_logits(_load(tmp_path / 'new.safetensors')), expected)
+    assert cli.main(['convert', str(legacy), str(tmp_path / 'new.safetensors')]) == 2  # exists: --overwrite
+    assert 'already exists' in capsys.readouterr().err
+    for target in (legacy, tmp_path / 'new.safetensors', model.save(tmp_path / 'adapter', include_base=False)):
+        capsys.readouterr()
+        assert cli.main(['info', str(target)]) == 0
+        out = capsys.readouterr().out
+        assert re.search(rf'^base hash +{model.base_hash}$', out, re.M)
+        assert re.search(r'^new layers +2 \(dim 32, 4 heads', out, re.M)
+        assert re.search(rf'^trainable params +{model.lm.parameter_counts()[0]:,}$', out, re.M)
+        assert ('yes (self-contained)' in out) == (target.name != 'adapter')

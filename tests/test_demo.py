@@ -66,6 +66,6 @@ def test_plots_and_model_written(demo):
     out, summary = demo
     for plot in summary['plots'].values():
         assert plot and Path(plot).stat().st_size > 1000 and Path(plot).read_bytes()[:4] == b'\x89PNG'
-    assert (out / 'model.pt').exists()
+    assert (out / 'model.safetensors').exists()
     history = json.loads((Path(summary['xp']) / 'history.json').read_text())
     assert len(history) == summary['sizes']['mission_epochs']

@@ -19,11 +19,10 @@ import soundfile
 import torch
 import torch.nn.functional as F
 
-from audiocraft_ext import evaluate
+from audiocraft_ext import ExtendedMusicGen, evaluate
 from audiocraft_ext.data.synth import write_dataset
 from audiocraft_ext.evaluation import audio_metrics
 from audiocraft_ext.evaluation.report import format_table
-from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint
 
 from conftest import run_xp
 
@@ -114,7 +113,7 @@ def test_extension_adapts_to_the_new_domain(evaluated):
 
 def test_report_matches_an_independent_computation(evaluated, data):
     xp, report = evaluated
-    model = extended_from_solver_checkpoint(xp.folder / 'checkpoint.th', device='cpu')
+    model = ExtendedMusicGen.from_solver_checkpoint(xp.folder / 'checkpoint.th', device='cpu')
     for set_name, manifest in (('new', data / 'new' / 'evaluate'), ('reference', data / 'old' / 'evaluate')):
         assert report['sets'][set_name]['dataset'] == str(manifest)
         for model_name, scale in (('base', 0.0), ('extended', 1.0)):

@@ -7,7 +7,7 @@ from audiocraft.models import MusicGen
 from audiocraft.models.lm import LMModel
 
 from audiocraft_ext import ExtendedMusicGen
-from audiocraft_ext.models.checkpoints import CheckpointError
+from audiocraft_ext.io.errors import CheckpointError
 from audiocraft_ext.models.tiny import build_tiny_musicgen, offline_demucs
 
 from conftest import condition_tensors, melody_wav, model_logits, perturb_extension, random_codes

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audiocraft_ext import ExtendedLMModel, ExtendedMusicGen
-from audiocraft_ext.models.checkpoints import weights_hash
+from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen
 
 from conftest import condition_tensors, lm_logits, perturb_extension, random_codes, train_extension

@@ -99,7 +99,7 @@ def test_training_uses_dataloader_workers_and_sizes_unset_splits(quickstart, use
 
 def test_exported_model_generates_the_documented_file(quickstart, user_folder):
     import torchaudio
-    assert (user_folder / 'extended.pt').is_file()
+    assert (user_folder / 'extended.safetensors').is_file()
     wav, sample_rate = torchaudio.load(str(user_folder / 'generated_audio.wav'))
     assert sample_rate == 16000 and wav.shape[0] == 1
     assert abs(wav.shape[-1] / sample_rate - 2.0) < 0.05
@@ -128,15 +128,15 @@ def test_dora_run_trains_the_same_model(quickstart, user_folder):
 
 
 def test_export_of_a_missing_run_names_where_it_looked(quickstart, user_folder):
-    command = 'audiocraft-ext export deadbeef out.pt --dora-dir runs'
+    command = 'audiocraft-ext export deadbeef out.safetensors --dora-dir runs'
     result = shell(command, user_folder)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
     assert lines[0].startswith("error: //sig/deadbeef: no run 'deadbeef' in ")
     assert str((user_folder / 'runs' / 'xps').resolve()) in lines[0] and '--dora-dir' in lines[0]
-    assert not (user_folder / 'out.pt').exists()
+    assert not (user_folder / 'out.safetensors').exists()
     # The run's own folder works without --dora-dir.
     folder = user_folder / 'runs' / 'xps' / quickstart['sig']
-    succeeded(shell(f'audiocraft-ext export {folder} by_folder.pt', user_folder), 'export by folder')
-    assert (user_folder / 'by_folder.pt').is_file()
+    succeeded(shell(f'audiocraft-ext export {folder} by_folder.safetensors', user_folder), 'export by folder')
+    assert (user_folder / 'by_folder.safetensors').is_file()

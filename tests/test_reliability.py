@@ -17,12 +17,11 @@ import pytest
 import torch
 
 from audiocraft_ext import train
-from audiocraft_ext.models import checkpoints
-from audiocraft_ext.models.checkpoints import weights_hash
+from audiocraft_ext.io import extension_files
+from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.solvers import safety
-from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint
 
 pytestmark = pytest.mark.usefixtures('dora_dir')  # every run here writes to a temporary Dora folder
 
@@ -132,24 +131,37 @@ def test_second_run_on_the_same_signature_is_refused(exported_bases, egs):
     assert (xp.folder / 'checkpoint.th').exists()
 
 
-def test_lock_without_flock_replaces_a_stale_holder_and_refuses_a_live_one(tmp_path, monkeypatch):
+_HOLD_LOCK_WITHOUT_FLOCK = """
+import errno, fcntl, sys, time
+def no_flock(*args):
+    raise OSError(errno.ENOSYS, 'Function not implemented')
+fcntl.flock = no_flock
+from audiocraft_ext.solvers import safety
+safety.RunLock(sys.argv[1]).acquire()
+print('locked', flush=True)
+time.sleep(600)
+"""
+
+
+def test_lock_without_flock_refuses_a_live_holder_and_replaces_a_dead_one(tmp_path, monkeypatch):
     import errno
     import fcntl
 
     def no_flock(*args):
-        raise OSError(errno.ENOLCK, 'No locks available')
-    monkeypatch.setattr(fcntl, 'flock', no_flock)
-    finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
-                              text=True, check=True)
-    import socket
-    lock_file = tmp_path / safety.LOCK_NAME
-    lock_file.write_text(f'host={socket.gethostname()} pid={finished.stdout.strip()}\n')
-    with safety.RunLock(tmp_path):  # stale: its process is gone
-        assert f'pid={os.getpid()}' in lock_file.read_text()
-    assert not lock_file.exists()
-    lock_file.write_text(f'host={socket.gethostname()} pid={os.getppid()}\n')  # alive
-    with pytest.raises(safety.RunLockedError, match=f'pid={os.getppid()}'):
-        safety.RunLock(tmp_path).acquire()
+        raise OSError(errno.ENOSYS, 'Function not implemented')
+    monkeypatch.setattr(fcntl, 'flock', no_flock)  # as on a file system without flock: filelock's marker file
+    holder = subprocess.Popen([sys.executable, '-c', _HOLD_LOCK_WITHOUT_FLOCK, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        with pytest.raises(safety.RunLockedError, match=f'pid={holder.pid}'):
+            safety.RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()  # SIGKILL: the marker file stays behind, naming a process that is gone
+        holder.wait()
+    assert (tmp_path / safety.LOCK_NAME).exists()
+    with pytest.warns(UserWarning, match='falling back to SoftFileLock'), safety.RunLock(tmp_path):
+        assert f'pid={os.getpid()}' in (tmp_path / (safety.LOCK_NAME + '.holder')).read_text()
 
 
 # ---- interrupted checkpoint writes ------------------------------------------------------------
@@ -174,7 +186,7 @@ def test_a_checkpoint_write_killed_halfway_leaves_the_previous_one(exported_base
             return real_save(obj, file, *args, **kwargs)
         file.write(good[:len(good) // 2])
         raise KeyboardInterrupt('killed while writing')
-    monkeypatch.setattr(checkpoints.torch, 'save', save_half_then_die)
+    monkeypatch.setattr(torch, 'save', save_half_then_die)
     with pytest.raises(KeyboardInterrupt):
         solver.save_checkpoints()
     monkeypatch.undo()
@@ -212,11 +224,11 @@ def test_the_base_is_only_read_and_its_hash_is_in_every_checkpoint(exported_base
     monkeypatch.setattr(os, 'open', os_open)
 
     xp, solver = run(argv(base, egs, 'label=base_integrity'))
-    model = extended_from_solver_checkpoint(xp.folder, device='cpu')
-    model.save(tmp_path / 'model.pt')
-    model.save(tmp_path / 'adapter.pt', include_base=False)
+    model = ExtendedMusicGen.from_solver_checkpoint(xp.folder, device='cpu')
+    model.save(tmp_path / 'model.safetensors')
+    model.save(tmp_path / 'adapter', include_base=False)
     model.export_audiocraft(tmp_path / 'exported')
-    adapter = ExtendedMusicGen.get_pretrained(tmp_path / 'adapter.pt', device='cpu')
+    adapter = ExtendedMusicGen.get_pretrained(tmp_path / 'adapter', device='cpu')
     monkeypatch.undo()
 
     assert not writes, f"the base was opened for writing: {writes}"
@@ -227,6 +239,6 @@ def test_the_base_is_only_read_and_its_hash_is_in_every_checkpoint(exported_base
     for path in solver_checkpoints:
         info = torch.load(path)['base_model']
         assert info['hash'] == expected and info['reference'] == str(base), path
-    for name in ('model.pt', 'adapter.pt'):
-        assert torch.load(tmp_path / name, weights_only=False)['base']['hash'] == expected
+    for name in ('model.safetensors', 'adapter'):
+        assert extension_files.read_config(tmp_path / name)['base']['hash'] == expected
     assert adapter.base_hash == model.base_hash == expected

@@ -14,10 +14,9 @@ import torch
 
 from audiocraft_ext import ExtendedMusicGen, train
 from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
-from audiocraft_ext.models.checkpoints import CheckpointError
+from audiocraft_ext.io.errors import CheckpointError
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.solvers.safety import DataCheckError
-from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint
 
 pytestmark = pytest.mark.usefixtures('dora_dir')  # every run here writes to a temporary Dora folder
 
@@ -155,7 +154,7 @@ def test_continue_from_a_pretrained_musicgen(exported_bases, good_egs):
 def test_non_solver_file_as_a_solver_checkpoint(tmp_path):
     torch.save({'model': {}}, tmp_path / 'checkpoint.th')
     with pytest.raises(CheckpointError, match='is not a checkpoint of ExtendedMusicGenSolver'):
-        extended_from_solver_checkpoint(tmp_path / 'checkpoint.th', device='cpu')
+        ExtendedMusicGen.from_solver_checkpoint(tmp_path / 'checkpoint.th', device='cpu')
 
 
 @pytest.fixture(scope='module')

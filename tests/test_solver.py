@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from audiocraft_ext import train
-from audiocraft_ext.models.checkpoints import weights_hash
+from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
-from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint, load_base
+from audiocraft_ext.models.extended_musicgen import load_base
 
 from conftest import run_xp
 
@@ -107,7 +107,7 @@ def test_resume_continues_from_last_epoch(exported_bases, egs, dora_dir):
     assert len(load_checkpoint(xp.folder / 'checkpoint.th')['history']) == 2
 
 
-def test_ema_best_state_and_export(trained, tmp_path):
+def test_ema_best_state_and_export(trained, tmp_path, dora_dir):
     xp, solver = trained
     state = load_checkpoint(xp.folder / 'checkpoint.th')
     # EMA over the new layers only; the best state is the EMA state of the best valid epoch.
@@ -115,15 +115,16 @@ def test_ema_best_state_and_export(trained, tmp_path):
     assert set(state['ema']['state']['model']) == set(solver.model.extension_state_dict())
     assert state['ema']['count'] > 0
     # The exported model carries the best extension, on the same base.
-    model = extended_from_solver_checkpoint(f'//sig/{xp.sig}', device='cpu')
+    model = ExtendedMusicGen.from_solver_checkpoint(f'//sig/{xp.sig}', device='cpu', dora_dir=dora_dir)
     best = state['best_state']['model']
     for key, value in model.lm.extension_state_dict().items():
         assert torch.equal(value, best[key]), key
-    path = model.save(tmp_path / 'model.pt')
+    path = model.save(tmp_path / 'model.safetensors')
     again = ExtendedMusicGen.get_pretrained(path, device='cpu')
     assert again.base_hash == state['base_model']['hash']
     # Keep extending: a run's sig as the base gives a plain MusicGen of L + N layers.
-    deeper = load_base(f'//sig/{xp.sig}', device='cpu')
+    deeper, reference = load_base(f'//sig/{xp.sig}', device='cpu', dora_dir=dora_dir)
+    assert reference == str(xp.folder / 'checkpoint.th')
     assert len(deeper.lm.transformer.layers) == 2 + 2
 
 
@@ -217,7 +218,7 @@ def test_float16_base_trains_like_the_float32_base(exported_bases, egs, dora_dir
         for stage in ('train', 'valid'):
             assert b[stage]['ce'] == pytest.approx(a[stage]['ce'], abs=1e-3), (epoch, stage)
     # The trained layers go back on the base as loaded (float32), like any run's.
-    model = extended_from_solver_checkpoint(xp.folder / 'checkpoint.th', state='last', device='cpu')
+    model = ExtendedMusicGen.from_solver_checkpoint(xp.folder / 'checkpoint.th', state='last', device='cpu')
     assert model.lm.base_dtype is torch.float32
     assert all(torch.equal(value, half.model.extension_state_dict()[name])
                for name, value in model.lm.extension_state_dict().items())

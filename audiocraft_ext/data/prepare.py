@@ -17,6 +17,8 @@ from pathlib import Path
 import random
 import typing as tp
 
+from ..io.atomic import atomic_path, atomic_write_text
+
 SPLITS = ('train', 'valid', 'evaluate', 'generate')
 AUDIO_EXTENSIONS = ('.wav', '.mp3', '.flac', '.ogg', '.m4a')
 # Every field MusicDataset requires in a sidecar (`info_fields_required`), with empty defaults.
@@ -70,32 +72,39 @@ def _caption_for(audio: Path, audio_dir: Path, captions: tp.Dict[str, tp.Dict[st
     return None
 
 
-def write_sidecars(audio_files: tp.Sequence[Path], audio_dir: Path,
-                   captions: tp.Optional[tp.Dict[str, tp.Dict[str, tp.Any]]] = None,
-                   allow_missing_captions: bool = False) -> None:
-    """Write `NAME.json` next to every audio file: existing sidecar, updated with the captions."""
+def sidecar_contents(audio_files: tp.Sequence[Path], audio_dir: Path,
+                     captions: tp.Optional[tp.Dict[str, tp.Dict[str, tp.Any]]] = None,
+                     allow_missing_captions: bool = False) -> tp.Dict[Path, tp.Dict[str, tp.Any]]:
+    """The `NAME.json` to write next to every audio file: its existing sidecar, updated with the captions.
+
+    Only reads: every problem (an unreadable sidecar, a file without caption) is raised before
+    anything is written.
+    """
     missing = []
+    contents = {}
     for audio in audio_files:
         sidecar = audio.with_suffix('.json')
         meta = dict(METADATA_DEFAULTS, name=audio.stem)
         if sidecar.exists():
             try:
-                meta.update(json.loads(sidecar.read_text(encoding='utf-8')))
-            except json.JSONDecodeError as error:
+                existing = json.loads(sidecar.read_text(encoding='utf-8'))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
                 raise DataPreparationError(f"{sidecar} is not valid JSON ({error}); fix or delete it.") from None
+            if not isinstance(existing, dict):
+                raise DataPreparationError(f"{sidecar} does not hold a JSON object; fix or delete it.")
+            meta.update(existing)
         caption = _caption_for(audio, audio_dir, captions) if captions is not None else None
         if caption:
             meta.update({key: value for key, value in caption.items() if value not in ('', [])})
         if not meta.get('description'):
             missing.append(audio.relative_to(audio_dir).as_posix())
-            if not allow_missing_captions:
-                continue
-        sidecar.write_text(json.dumps(meta, indent=1) + '\n', encoding='utf-8')
+        contents[sidecar] = meta
     if missing and not allow_missing_captions:
         shown = ', '.join(missing[:10]) + (f' and {len(missing) - 10} more' if len(missing) > 10 else '')
         raise DataPreparationError(f"{len(missing)} audio file(s) have no caption: {shown}. Add them to the captions "
                                    "CSV (column 'file'), or pass --allow-missing-captions to train them "
                                    "with an empty description.")
+    return contents
 
 
 def split_files(files: tp.Sequence[tp.Any], valid: float, evaluate: float, seed: int = 0
@@ -139,13 +148,17 @@ def prepare_data(audio_dir: tp.Union[str, Path], out: tp.Union[str, Path],
     short = [m for m in meta if m.duration < min_duration or m.duration <= 0]
     if short:
         raise DataPreparationError(f"{len(short)} audio file(s) shorter than {min_duration} s, e.g. {short[0].path}.")
-    write_sidecars([Path(m.path) for m in meta], audio_dir, caption_table, allow_missing_captions)
+    sidecars = sidecar_contents([Path(m.path) for m in meta], audio_dir, caption_table, allow_missing_captions)
     splits = split_files(meta, valid, evaluate, seed)
+    # Every input is checked: now write, each file atomically (a failure leaves the old one intact).
+    for sidecar, content in sidecars.items():
+        atomic_write_text(sidecar, json.dumps(content, indent=1) + '\n')
     out = Path(out)
     manifests = {}
     for name in SPLITS:
         manifests[name] = out / name / 'data.jsonl'
-        save_audio_meta(manifests[name], sorted(splits[name]))
+        with atomic_path(manifests[name]) as tmp:
+            save_audio_meta(tmp, sorted(splits[name]))
     return manifests
 
 

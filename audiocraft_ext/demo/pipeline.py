@@ -278,7 +278,7 @@ def make_codec(cache: Path, data: Path, sizes: Sizes, args: argparse.Namespace, 
                     'version': audiocraft.__version__, 'exported': True}, exported)
     else:
         from audiocraft.utils.export import export_encodec
-        from ..solvers.xp_checkpoints import allow_omegaconf_in_torch_load
+        from ..io.torch_files import allow_omegaconf_in_torch_load
         argv = ['solver=demo_compression', f'egs_root={data / "egs" / "all"}', f'dora.dir={folder / "dora"}',
                 *_common_overrides(args, sizes), f'optim.epochs={sizes.codec_epochs}',
                 f'optim.updates_per_epoch={sizes.codec_updates}']
@@ -304,7 +304,7 @@ def make_base(cache: Path, data: Path, codec: Path, sizes: Sizes, args: argparse
     if cached:
         return exported, cached
     from audiocraft.utils.export import export_lm, export_pretrained_compression_model
-    from ..solvers.xp_checkpoints import allow_omegaconf_in_torch_load
+    from ..io.torch_files import allow_omegaconf_in_torch_load
     start = time.monotonic()
     argv = ['solver=demo_musicgen_base', f'egs_root={data / "egs" / "old"}', f'dora.dir={folder / "dora"}',
             f'compression_model_checkpoint=//pretrained/{codec}', *_common_overrides(args, sizes),
@@ -425,6 +425,7 @@ def _get(metrics: dict, *keys: str) -> float:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from ..models.extended_musicgen import ExtendedMusicGen, load_base
     sizes = sizes_from_args(args)
     if getattr(args, 'codec', None) is None:
         args.codec = 'random' if args.quick else 'train'
@@ -432,7 +433,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    for stale in ('audio', 'plots', 'dora', 'model.pt', 'summary.json', 'metrics.json'):
+    for stale in ('audio', 'plots', 'dora', 'model.safetensors', 'summary.json', 'metrics.json'):
         target = out / stale
         if target.is_dir():
             shutil.rmtree(target)
@@ -448,8 +449,7 @@ def run_demo(args: argparse.Namespace) -> int:
     steps.begin(STEPS[0], f"{sizes.clips} clips x {sizes.duration:g} s per domain")
     sample_rate = 16000
     if args.base:
-        from ..models.checkpoints import load_base_musicgen
-        sample_rate = load_base_musicgen(args.base, args.device).sample_rate
+        sample_rate = load_base(args.base, args.device)[0].sample_rate
     data = make_data(cache, sizes, args.seed, sample_rate, args.no_cache)
     steps.end(str(data))
 
@@ -481,8 +481,8 @@ def run_demo(args: argparse.Namespace) -> int:
     steps.end(f"XP {xp.name}")
 
     steps.begin(STEPS[4], f"ExtendedMusicGen.get_pretrained, {sizes.prompts} prompts per domain")
-    from ..solvers.xp_checkpoints import extended_from_solver_checkpoint
-    model_file = extended_from_solver_checkpoint(xp, state='best', device=args.device).save(out / 'model.pt')
+    model_file = ExtendedMusicGen.from_solver_checkpoint(xp, state='best', device=args.device).save(
+        out / 'model.safetensors')
     steps.print(f"      exported the best state to {model_file}")
     generation = generate_clips(model_file, data, out, sizes, args.seed, args.device, steps)
     steps.end()

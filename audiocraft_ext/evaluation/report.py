@@ -22,14 +22,14 @@ import copy
 import inspect
 import json
 import logging
-import os
 from pathlib import Path
-import tempfile
 import typing as tp
 
 import omegaconf
 import torch
 
+from ..io.atomic import atomic_write_text
+from ..io.solver_checkpoints import read_solver_checkpoint
 from .audio_metrics import (FRECHET_LATENT_NAME, GaussianStats, build_optional_metric, check_optional_metrics,
                             encoder_latents, frechet_from_stats)
 from .lm_metrics import cross_entropy_by_scale, extension_scale
@@ -258,15 +258,6 @@ class AudioEvaluation:
 
 # ---- report ----------------------------------------------------------------------------------
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    with os.fdopen(fd, 'w') as file:
-        file.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def plot_scale_sweep(report: dict, path: Path) -> Path:
     """Cross entropy vs extension_scale on each set, as a PNG (matplotlib, Agg)."""
     import matplotlib
@@ -329,8 +320,7 @@ def run_evaluation(solver) -> tp.Dict[str, float]:
         checkpoint = cfg.continue_from
     epoch = solver.epoch - 1 if cfg.execute_only else solver.epoch
     if epoch <= 0 and Path(str(checkpoint)).is_file():  # continue_from: a new XP without history
-        from ..solvers.xp_checkpoints import read_solver_checkpoint
-        epoch = len((read_solver_checkpoint(str(checkpoint)) or {}).get('history') or [])
+        epoch = len(read_solver_checkpoint(checkpoint).get('history') or [])
     report: dict = {
         # execute_only runs after the restored epochs: the last trained epoch is reported.
         'sig': solver.xp.sig, 'epoch': epoch, 'checkpoint': str(checkpoint),
@@ -357,9 +347,9 @@ def run_evaluation(solver) -> tp.Dict[str, float]:
         if sweep:
             report['plots']['scale_sweep'] = str(plot_scale_sweep(report, out_dir / 'scale_sweep.png'))
         if audio.save_samples:
-            _atomic_write_text(audio.samples_dir / 'prompts.json',
+            atomic_write_text(audio.samples_dir / 'prompts.json',
                                json.dumps(audio.sample_entries, indent=2) + '\n')
-        _atomic_write_text(out_dir / 'metrics.json', json.dumps(report, indent=2) + '\n')
+        atomic_write_text(out_dir / 'metrics.json', json.dumps(report, indent=2) + '\n')
         solver.logger.info("Evaluation report: %s", out_dir / 'metrics.json')
         solver.logger.info("\n%s", format_table(report))
     flashy.distrib.barrier()

@@ -22,6 +22,7 @@ from audiocraft.models.lm import LMModel
 from audiocraft.modules.streaming import StreamingModule
 from audiocraft.modules.transformer import StreamingTransformer
 
+from ..io.errors import IntegrityError
 from .feature_cache import BaseFeatureCache
 from .half_storage import check_storage_dtype, store_weights_in
 from .layers import (BranchScale, base_layer_config, build_extension, check_extension_scale,
@@ -197,6 +198,20 @@ class ExtendedLMModel(LMModel):
         """State dict of the new layers only (what training changes)."""
         return self.extension.state_dict()
 
-    def load_extension_state_dict(self, state: tp.Mapping[str, torch.Tensor]) -> None:
-        """Load weights saved by `extension_state_dict`; the base is untouched."""
+    def load_extension_state_dict(self, state: tp.Mapping[str, torch.Tensor], source: str = 'the state dict') -> None:
+        """Load weights saved by `extension_state_dict`; the base is untouched.
+
+        Raises `IntegrityError` naming the missing, unexpected or misshapen keys of `source`.
+        """
+        expected = self.extension.state_dict()
+        missing = sorted(expected.keys() - state.keys())
+        unexpected = sorted(state.keys() - expected.keys())
+        misshapen = sorted(f'{key} {tuple(state[key].shape)} (expected {tuple(value.shape)})'
+                           for key, value in expected.items() if key in state and state[key].shape != value.shape)
+        problems = [f'{what}: {", ".join(keys[:5])}{" ..." if len(keys) > 5 else ""}'
+                    for what, keys in (('missing', missing), ('unexpected', unexpected), ('wrong shape', misshapen))
+                    if keys]
+        if problems:
+            raise IntegrityError(f"The new-layer weights of {source} do not fit its extension config "
+                                 f"({'; '.join(problems)}): the file is damaged or was edited; use another copy.")
         self.extension.load_state_dict(state)

@@ -14,14 +14,21 @@ import torch
 from audiocraft.models import MusicGen
 from audiocraft.models.encodec import CompressionModel
 
-from .. import __version__
-from .checkpoints import (EXTENDED_FORMAT, EXTENDED_FORMAT_VERSION, CheckpointError, assemble_musicgen,
-                          atomic_save, build_compression_model, build_lm, compression_package, default_device,
-                          is_exported_reference, is_extended_package, load_base_musicgen, read_torch_file,
-                          weights_hash)
+from ..io import extension_files
+from ..io.base_reference import SIG_PREFIX, BaseSource, is_hub_id, resolve_base, sig_checkpoint
+from ..io.destinations import check_destination
+from ..io.errors import CheckpointError
+from ..io.exported_layout import exported_package, write_exported
+from ..io.hashing import weights_hash
+from ..io.solver_checkpoints import read_solver_checkpoint
+from .bases import assemble_musicgen, build_lm, compression_package, default_device, load_plain_base
 from .extended_lm import ExtendedLMModel
 from .inputs import check_descriptions, check_duration, check_num_samples, check_waveform
-from .layers import base_layer_config, check_extension_scale, residual_branch_outputs, resolve_layer_config
+from .layers import check_extension_scale
+from .packages import embedded_base, extension_package, merged_lm_package
+from .tiny import build_tiny_musicgen
+
+PathLike = tp.Union[str, Path]
 
 
 def _mono(compression_model: CompressionModel) -> CompressionModel:
@@ -54,61 +61,90 @@ class ExtendedMusicGen(MusicGen):
 
     @classmethod
     def from_base(cls, base: tp.Any, num_additional_layers: int = 12, extension_scale: float = 1.0,
-                  device: tp.Optional[str] = None, **layer_overrides: tp.Any) -> 'ExtendedMusicGen':
-        """Extend a pretrained MusicGen with new layers (see `checkpoints` for accepted bases).
+                  device: tp.Optional[str] = None, dora_dir: tp.Optional[PathLike] = None,
+                  revision: tp.Optional[str] = None, allow_pickle: bool = False,
+                  **layer_overrides: tp.Any) -> 'ExtendedMusicGen':
+        """Extend a pretrained MusicGen with new layers.
 
         Args:
-            base: a `MusicGen`, a Hugging Face id, an exported directory, an AudioCraft
-                `checkpoint.th`, or a file written by `save` (extended again, as L + N layers).
+            base: a `MusicGen` (or `ExtendedMusicGen`, merged first), or any reference
+                `io.base_reference` resolves: Hugging Face id, exported directory, AudioCraft
+                `checkpoint.th`, an extension written by `save`, a run of our solver (its folder,
+                checkpoint or `//sig/SIG`); bases holding new layers are merged to L + N layers.
             num_additional_layers (int): number of new layers.
             extension_scale (float): initial strength of the new layers.
-            device (str, optional): where to load a base given by name; default cuda if available.
+            device (str, optional): where to load a base given by reference; default cuda if available.
+            dora_dir (str or Path, optional): the Dora folder `//sig/SIG` refers to.
+            revision (str, optional): branch, tag or commit of a Hugging Face repo.
+            allow_pickle (bool): accept a base checkpoint that only full unpickling can read, which can
+                run code: only for files from a source you trust (docs/SECURITY.md).
             **layer_overrides: see `ExtendedLMModel`.
         """
-        musicgen = load_base_musicgen(base, device)
+        musicgen, reference = load_base(base, device, dora_dir, revision, allow_pickle)
         lm = ExtendedLMModel(musicgen.lm, num_additional_layers, extension_scale, **layer_overrides)
-        reference = str(base) if isinstance(base, (str, Path)) else None
-        if isinstance(base, MusicGen) and not isinstance(base, ExtendedMusicGen) \
-                and is_exported_reference(base.name):
-            reference = base.name  # e.g. MusicGen.get_pretrained('facebook/musicgen-small')
         return cls(musicgen.name, _mono(musicgen.compression_model), lm,
                    max_duration=musicgen.max_duration, base_reference=reference)
 
     @staticmethod
-    def get_pretrained(name: str, device: tp.Optional[str] = None,
-                       base: tp.Any = None) -> 'ExtendedMusicGen':  # type: ignore[override]
-        """Load a file written by `save`.
+    def get_pretrained(name: PathLike, device: tp.Optional[str] = None, base: tp.Any = None,
+                       revision: tp.Optional[str] = None, allow_pickle: bool = False,
+                       dora_dir: tp.Optional[PathLike] = None) -> 'ExtendedMusicGen':  # type: ignore[override]
+        """Load an extension written by `save`: a directory, a `.safetensors` file, a legacy `.pt`
+        file, or a Hugging Face repo holding an extension directory.
 
         Args:
-            name (str or Path): the file.
+            name: the extension (path or Hugging Face id).
             device (str, optional): default cuda if available.
-            base (optional): for an adapter-only file, the base to use instead of the one it
+            base (optional): for an adapter-only extension, the base to use instead of the one it
                 refers to (e.g. after moving files); its hash must still match.
+            revision (str, optional): branch, tag or commit of a Hugging Face repo.
+            allow_pickle (bool): passed on to loading the base (see `from_base`).
+            dora_dir (str or Path, optional): the Dora folder of a base given as `//sig/SIG`.
         """
-        device = device or default_device()
-        pkg = read_torch_file(name, 'ExtendedMusicGen checkpoint')
-        if not is_extended_package(pkg):
-            raise CheckpointError(f"{name} was not written by ExtendedMusicGen.save. For a plain MusicGen "
-                                  "checkpoint use ExtendedMusicGen.from_base(path) to extend it.")
-        if pkg['format_version'] > EXTENDED_FORMAT_VERSION:
-            raise CheckpointError(f"{name} has format version {pkg['format_version']}, newer than this "
-                                  f"audiocraft-ext reads ({EXTENDED_FORMAT_VERSION}): upgrade audiocraft-ext.")
-        base_info = pkg['base']
-        if 'lm_state' in base_info and base is None:
-            lm = build_lm(base_info['lm_cfg'], base_info['lm_state'], device)
-            compression_model = build_compression_model(base_info['compression'], device)
-            musicgen = assemble_musicgen(pkg['name'], compression_model, lm, pkg['max_duration'])
+        path = Path(name).expanduser()
+        if path.exists():  # `extension_files.read` says what else a local path is
+            location, reference = path.resolve(), str(path.resolve())
+        elif not is_hub_id(str(name)):
+            raise FileNotFoundError(f"Extension not found: {name}. Check the path, or give a Hugging Face id "
+                                    "(user/repo).")
         else:
-            source = base if base is not None else base_info['reference']
-            if source is None:
-                raise CheckpointError(f"{name} is adapter-only and does not say where its base is: "
-                                      "pass base=... (a MusicGen, path or Hugging Face id).")
-            musicgen = load_base_musicgen(source, device)
-        return ExtendedMusicGen.from_extension(
-            musicgen, pkg['extension']['config'], pkg['extension']['state'], base_info['hash'],
-            base_reference=base_info['reference'], source=str(name), name=pkg['name'],
-            max_duration=pkg['max_duration'],
-            base_description=base_info['reference'] if base is None else 'given')
+            source = resolve_base(name, revision=revision)
+            if source.kind != 'extension':
+                raise CheckpointError(f"{name} is a MusicGen, not an extension written by ExtendedMusicGen.save: "
+                                      "use ExtendedMusicGen.from_base(...) to extend it.")
+            location, reference = source.location, source.reference
+        return ExtendedMusicGen.from_package(extension_files.read(location), reference, device, base, dora_dir,
+                                             allow_pickle)
+
+    @classmethod
+    def from_package(cls, package: extension_files.ExtensionPackage, source: str,
+                     device: tp.Optional[str] = None, base: tp.Any = None,
+                     dora_dir: tp.Optional[PathLike] = None, allow_pickle: bool = False) -> 'ExtendedMusicGen':
+        """The model an `ExtensionPackage` (read from `source`) describes, on its own or the given base."""
+        device = device or default_device()
+        config = package.config
+        reference, expected = config['base'].get('reference'), config['base']['hash']
+        if package.self_contained and base is None:
+            musicgen = embedded_base(package, device, source)
+        else:
+            if base is None and reference is None:
+                raise CheckpointError(f"{source} is adapter-only and does not say where its base is: pass base=... "
+                                      "(a MusicGen, path or Hugging Face id).")
+            try:
+                musicgen, _ = load_base(reference if base is None else base, device, dora_dir, None, allow_pickle)
+            except FileNotFoundError as error:
+                if base is not None:
+                    raise
+                raise CheckpointError(f"{source} is adapter-only and its base cannot be found ({error}). If the base "
+                                      f"moved, pass base='NEW_LOCATION' (get_pretrained(..., base=...)); it must have "
+                                      f"the hash {expected}.") from None
+        model = cls.from_extension(musicgen, config['extension'], package.tensors['extension'], expected,
+                                   base_reference=reference, source=source, name=config['name'],
+                                   max_duration=config['max_duration'],
+                                   base_description='given' if base is not None else reference or 'embedded')
+        if config.get('generation'):
+            model.set_generation_params(**config['generation'])
+        return model
 
     @classmethod
     def from_extension(cls, musicgen: MusicGen, config: tp.Dict[str, tp.Any],
@@ -134,12 +170,40 @@ class ExtendedMusicGen(MusicGen):
                 f"{source} was trained on the base with hash {base_hash}, but the base "
                 f"{base_description or base_reference} has hash {found}. "
                 "Load it onto the base it was trained on (or retrain the extension for this base).")
-        lm = ExtendedLMModel(musicgen.lm, config['num_additional_layers'], config['extension_scale'],
-                             **config['layer_config'])
-        lm.load_extension_state_dict(state)
+        try:
+            lm = ExtendedLMModel(musicgen.lm, config['num_additional_layers'], config['extension_scale'],
+                                 **config['layer_config'])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{source} has an extension config this base cannot build ({error}).") from None
+        lm.load_extension_state_dict(state, source)
         return cls(name or musicgen.name, _mono(musicgen.compression_model), lm,
                    max_duration=max_duration or musicgen.max_duration, base_reference=base_reference,
                    base_hash=base_hash)
+
+    @classmethod
+    def from_solver_checkpoint(cls, path: PathLike, state: str = 'best', device: tp.Optional[str] = None,
+                               dora_dir: tp.Optional[PathLike] = None, allow_pickle: bool = False) -> 'ExtendedMusicGen':
+        """The model a run of `ExtendedMusicGenSolver` trained (file, XP folder or `//sig/SIG`).
+
+        Args:
+            path: the checkpoint.
+            state (str): 'best' (the best validation state, with EMA when EMA is used) or 'last'.
+            device (str, optional): where to load; default cuda if available.
+            dora_dir (str or Path, optional): the Dora folder `//sig/SIG` refers to.
+            allow_pickle (bool): passed on to loading the base (see `from_base`).
+        """
+        if state not in ('best', 'last'):
+            raise ValueError(f"state must be 'best' or 'last', got {state!r}.")
+        path = sig_checkpoint(str(path), dora_dir) if str(path).startswith(SIG_PREFIX) else Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist. Give a run's folder (DORA_DIR/xps/SIG), its "
+                                    "checkpoint.th, or //sig/SIG with the Dora folder it was trained in.")
+        pkg = read_solver_checkpoint(path)
+        info = pkg['base_model']
+        base, reference = load_base(info['reference'], device, allow_pickle=allow_pickle)
+        return cls.from_extension(base, info['extension_config'],
+                                  pkg['best_state']['model'] if state == 'best' else pkg['model'], info['hash'],
+                                  base_reference=reference, source=str(path), base_description=info['reference'])
 
     @property
     def extension_scale(self) -> float:
@@ -204,85 +268,88 @@ class ExtendedMusicGen(MusicGen):
         with self._generation_lock:
             return super()._generate_tokens(*args, **kwargs)
 
-    def save(self, path: tp.Union[str, Path], include_base: bool = True) -> Path:
-        """Write a file `get_pretrained` loads, atomically.
+    def _protected(self) -> tp.Dict[Path, str]:
+        """Paths no write of this model may touch: its base, when it is a local file or directory."""
+        reference = self.base_reference
+        if reference and Path(reference).expanduser().exists():
+            return {Path(reference).expanduser(): f'the base model of {self.name}'}
+        return {}
 
-        Self-contained by default (base LM, compression model, extension, configs). With
-        `include_base=False` only the extension and a reference to the base (path or id plus
-        `weights_hash`), which refuses to load onto a different base.
+    def save(self, path: PathLike, include_base: bool = True, overwrite: bool = False) -> Path:
+        """Write an extension `get_pretrained` loads, atomically (io.extension_files has the format).
+
+        A path with a suffix (`model.safetensors`) gives one file; one without (`my_extension/`)
+        a directory, what one uploads to a Hugging Face repo. Self-contained by default (base LM,
+        compression model, new layers); with `include_base=False` only the new layers and the
+        base's reference and hash. Never writes onto the base; refuses an existing path unless
+        `overwrite=True`.
         """
-        lm = self.lm
-        base_info: tp.Dict[str, tp.Any] = {'reference': self.base_reference, 'hash': self.base_hash}
-        if include_base:
-            base_info['lm_cfg'] = OmegaConf.to_yaml(self._lm_cfg())
-            base_info['lm_state'] = lm.base_state_dict()
-            base_info['compression'] = compression_package(self.compression_model, self.base_reference)
-        elif self.base_reference is None:
-            raise CheckpointError("This model's base was given in memory, so an adapter-only file could not "
-                                  "say where it is: extend a base given by path or id, or save with "
-                                  "include_base=True.")
-        pkg = {
-            'format': EXTENDED_FORMAT, 'format_version': EXTENDED_FORMAT_VERSION,
-            'audiocraft_ext_version': __version__, 'name': self.name, 'max_duration': self.max_duration,
-            'base': base_info,
-            'extension': {'config': lm.extension_config, 'state': lm.extension_state_dict()},
-        }
-        return atomic_save(pkg, path)
-
-    def _lm_cfg(self):
-        cfg = getattr(self.lm, 'cfg', None)
-        if cfg is None:
-            raise CheckpointError("The base LM carries no xp.cfg, so its architecture cannot be written down: "
-                                  "load the base through ExtendedMusicGen.from_base(path_or_id).")
-        return cfg
-
-    def merged_lm_package(self) -> tp.Tuple[tp.Any, tp.Dict[str, torch.Tensor]]:
-        """(xp.cfg, state dict) of a plain `LMModel` with L + N layers equal to this model.
-
-        `extension_scale` is folded into the weights. Only possible when the new layers have
-        the base layers' architecture (`checkpointing`, a training-memory setting, may differ).
-        """
-        lm = self.lm
-        expected = resolve_layer_config(base_layer_config(lm.base_transformer), {})
-        differing = sorted(key for key in expected
-                           if key != 'checkpointing' and expected[key] != lm.layer_config[key])
-        if differing:
-            raise CheckpointError(f"The new layers differ from the base layers in {differing}, so base + new "
-                                  "layers is not a stock LMModel and cannot be exported to AudioCraft's layout. "
-                                  "Use save() instead.")
-        cfg = OmegaConf.create(OmegaConf.to_container(self._lm_cfg()))
-        cfg.transformer_lm.num_layers = lm.num_base_layers + lm.num_additional_layers
-        state = dict(lm.base_state_dict())
-        for index, layer in enumerate(lm.extension.layers):
-            scaled = {id(linear.weight) for linear in residual_branch_outputs(layer)} | \
-                     {id(linear.bias) for linear in residual_branch_outputs(layer) if linear.bias is not None}
-            named = dict(layer.named_parameters())
-            prefix = f'transformer.layers.{lm.num_base_layers + index}.'
-            for key, value in layer.state_dict().items():
-                parameter = named.get(key)
-                if parameter is not None and id(parameter) in scaled:
-                    value = value * lm.extension_scale
-                state[prefix + key.replace('.layer_scale.scale', '.scale')] = value.detach().clone()
-        return cfg, state
+        destination = check_destination(path, self._protected(), overwrite)
+        package = extension_package(self, include_base)
+        if Path(path).suffix:
+            return extension_files.write_file(package, destination)
+        return extension_files.write_directory(package, destination)
 
     def merged_musicgen(self) -> MusicGen:
         """A plain `MusicGen` (L + N layers) equal to this model, e.g. to extend it again."""
-        cfg, state = self.merged_lm_package()
+        cfg, state = merged_lm_package(self.lm)
         lm = build_lm(cfg, state, self.device)
         return assemble_musicgen(self.name, _mono(self.compression_model), lm, self.max_duration)
 
-    def export_audiocraft(self, directory: tp.Union[str, Path]) -> Path:
+    def export_audiocraft(self, directory: PathLike, overwrite: bool = False) -> Path:
         """Write AudioCraft's exported layout, loadable by stock `MusicGen.get_pretrained(directory)`.
 
         `state_dict.bin` holds the merged L + N layer LM, `compression_state_dict.bin` the base's
-        compression model; both with the keys `xp.cfg`, `best_state`, `version`, `exported`.
+        compression model; the directory is written whole (both files or neither), never onto the
+        base, and an existing one is replaced only with `overwrite=True`.
         """
-        import audiocraft
-        directory = Path(directory)
-        cfg, state = self.merged_lm_package()
-        atomic_save(compression_package(self.compression_model, self.base_reference),
-                    directory / 'compression_state_dict.bin')
-        atomic_save({'xp.cfg': OmegaConf.to_yaml(cfg), 'best_state': state,
-                     'version': audiocraft.__version__, 'exported': True}, directory / 'state_dict.bin')
-        return directory
+        destination = check_destination(directory, self._protected(), overwrite)
+        cfg, state = merged_lm_package(self.lm)
+        return write_exported(destination, exported_package(OmegaConf.to_yaml(cfg), state),
+                              compression_package(self.compression_model, self.base_reference))
 
+
+def write_musicgen_exported(musicgen: MusicGen, directory: PathLike, overwrite: bool = False) -> Path:
+    """A plain MusicGen (built by `models.bases`, so it carries its configs) in AudioCraft's exported layout."""
+    destination = check_destination(directory, {}, overwrite)
+    return write_exported(destination, exported_package(OmegaConf.to_yaml(musicgen.lm.cfg), musicgen.lm.state_dict()),
+                          compression_package(musicgen.compression_model))
+
+
+def _reference_of(musicgen: MusicGen) -> tp.Optional[str]:
+    """Where an in-memory MusicGen can be found again: `MusicGen.get_pretrained(name)` keeps its id or path."""
+    name = getattr(musicgen, 'name', None)
+    try:
+        source = resolve_base(name) if isinstance(name, str) else None
+    except Exception:
+        return None
+    return source.reference if source is not None and source.kind == 'musicgen' else None
+
+
+def load_base(base: tp.Any, device: tp.Optional[str] = None, dora_dir: tp.Optional[PathLike] = None,
+              revision: tp.Optional[str] = None, allow_pickle: bool = False) -> tp.Tuple[MusicGen, tp.Optional[str]]:
+    """A plain MusicGen from any base `ExtendedMusicGen.from_base` takes, and the reference to store.
+
+    Bases holding new layers (an extension, a run of our solver, an `ExtendedMusicGen`) are merged
+    into an L + N layer MusicGen. The reference is None for a model that exists only in memory.
+    """
+    if isinstance(base, ExtendedMusicGen):
+        return base.merged_musicgen(), None
+    if isinstance(base, MusicGen):
+        return base, _reference_of(base)
+    if not isinstance(base, (str, Path)):
+        raise TypeError(f"Expected a MusicGen, a path or a Hugging Face id, got {type(base).__name__}.")
+    source: BaseSource = resolve_base(base, dora_dir, revision, allow_pickle)
+    device = device or default_device()
+    if source.kind == 'extension':
+        model = ExtendedMusicGen.from_package(extension_files.read(source.location), source.reference, device,
+                                              dora_dir=dora_dir, allow_pickle=allow_pickle)
+        return model.merged_musicgen(), source.reference
+    if source.kind == 'solver_checkpoint':
+        return ExtendedMusicGen.from_solver_checkpoint(source.location, device=device,
+                                                       allow_pickle=allow_pickle).merged_musicgen(), \
+            source.reference
+    if source.kind == 'tiny':
+        parts = str(source.location).split('/')
+        return build_tiny_musicgen(parts[0] or 'text', seed=int(parts[1]) if len(parts) > 1 else 0), source.reference
+    return load_plain_base(source, device, allow_pickle), source.reference

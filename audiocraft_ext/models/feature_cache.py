@@ -26,6 +26,8 @@ import torch
 
 from audiocraft.modules.transformer import StreamingTransformer
 
+from ..io.hashing import weights_hash
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,7 +52,6 @@ class BaseFeatureCache:
     """
     def __init__(self, root: tp.Union[str, Path], base: StreamingTransformer,
                  max_bytes: tp.Optional[int] = None):
-        from .checkpoints import weights_hash
         self.folder = Path(root).expanduser() / weights_hash(base.state_dict())
         self.max_bytes = max_bytes
         self.size_bytes = folder_bytes(self.folder) if max_bytes is not None else 0

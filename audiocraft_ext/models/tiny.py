@@ -18,6 +18,9 @@ import typing as tp
 from omegaconf import DictConfig, OmegaConf
 import torch
 
+from ..io.exported_layout import exported_package, write_exported
+from .bases import assemble_musicgen
+
 FLAVOURS = ('text', 'melody', 'stereo')
 
 
@@ -123,7 +126,6 @@ def build_from_configs(lm_cfg: DictConfig, compression_cfg: DictConfig):
 
 def build_tiny_musicgen(flavour: str = 'text', seed: int = 0, **lm_overrides):
     """A randomly initialised tiny `MusicGen` of the given flavour, deterministic from `seed`."""
-    from .checkpoints import assemble_musicgen
     lm_cfg = tiny_lm_config(flavour, **lm_overrides)
     compression_cfg = tiny_compression_config(
         lm_cfg.sample_rate, n_q=lm_cfg.transformer_lm.n_q // lm_cfg.channels,
@@ -135,18 +137,7 @@ def build_tiny_musicgen(flavour: str = 'text', seed: int = 0, **lm_overrides):
 
 
 def save_exported(model, directory: tp.Union[str, Path]) -> Path:
-    """Write `model` in AudioCraft's exported layout (a Hugging Face MusicGen snapshot).
-
-    `directory/state_dict.bin` and `directory/compression_state_dict.bin`, each a dict with
-    the keys `xp.cfg` (YAML), `best_state`, `version` and `exported`.
-    """
-    import audiocraft
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write `model` in AudioCraft's exported layout (a Hugging Face MusicGen snapshot), as a whole."""
     compression_model = getattr(model.compression_model, 'model', model.compression_model)
-    for filename, module, cfg in [
-            ('state_dict.bin', model.lm, model.lm.cfg),
-            ('compression_state_dict.bin', compression_model, compression_model.cfg)]:
-        torch.save({'xp.cfg': OmegaConf.to_yaml(cfg), 'best_state': module.state_dict(),
-                    'version': audiocraft.__version__, 'exported': True}, directory / filename)
-    return directory
+    return write_exported(directory, exported_package(OmegaConf.to_yaml(model.lm.cfg), model.lm.state_dict()),
+                          exported_package(OmegaConf.to_yaml(compression_model.cfg), compression_model.state_dict()))

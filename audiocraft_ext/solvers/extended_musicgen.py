@@ -26,10 +26,12 @@ from audiocraft.solvers.musicgen import MusicGenSolver
 from audiocraft.utils.utils import get_dataset_from_loader
 
 from ..data.manifests import EVALUATION_SPLITS, count_entries, manifest_file, visit_each_file_once
-from ..models.checkpoints import weights_hash
+from ..io.base_reference import SIG_PREFIX, SOLVER_CHECKPOINT_FORMAT, TINY_PREFIX, sig_checkpoint
+from ..io.hashing import weights_hash
+from ..io.solver_checkpoints import plain_state
 from ..models.extended_lm import ExtendedLMModel
+from ..models.extended_musicgen import load_base
 from . import safety, xp_checkpoints
-from .xp_checkpoints import SIG_PREFIX, SOLVER_CHECKPOINT_FORMAT, TINY_PREFIX
 
 _MISSING_BASE = (
     "pretrained_model_checkpoint is required: the frozen MusicGen to extend. Set it on the command "
@@ -106,7 +108,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
     def _resolve_reference(self, reference: str) -> str:
         """Absolute path for local files (Hydra changes the working directory), as is otherwise."""
         if reference.startswith(SIG_PREFIX):
-            return str(xp_checkpoints.resolve_sig(reference, folder=self.xp.dora.dir))
+            return str(sig_checkpoint(reference, self.xp.dora.dir))
         if reference.startswith(TINY_PREFIX):
             return reference
         from dora import git_save
@@ -122,7 +124,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             raise ValueError(_MISSING_BASE)
         self.base_reference = self._resolve_reference(str(reference))
         self.logger.info("Loading the frozen base from %s", self.base_reference)
-        base = xp_checkpoints.load_base(self.base_reference, device=self.device)
+        base, self.base_reference = load_base(self.base_reference, device=self.device, dora_dir=self.xp.dora.dir,
+                                              allow_pickle=bool(self.cfg.get('allow_pickle', False)))
         base.lm.to(device=self.device, dtype=getattr(torch, self.cfg.dtype))
         self.base_hash = weights_hash(base.lm.state_dict())
         self.logger.info("Base hash: %s", self.base_hash)
@@ -383,7 +386,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The solver state with plain containers only, loadable with `torch.load(weights_only=True)`."""
-        return xp_checkpoints.plain_state(super().state_dict())
+        return plain_state(super().state_dict())
 
     def save_checkpoints(self) -> None:
         # Every rank logs the hash of its new layers: they must agree across ranks.
@@ -396,11 +399,12 @@ class ExtendedMusicGenSolver(MusicGenSolver):
 
     def load_checkpoints(self, load_best: bool = False, ignore_state_keys: tp.List[str] = []) -> tp.Optional[dict]:
         with ExitStack() as stack:
-            # AudioCraft checkpoints (continue_from) pickle OmegaConf objects: allow those classes only.
-            stack.enter_context(xp_checkpoints.allow_omegaconf_in_torch_load())
+            # Read with weights_only=True (OmegaConf allow-listed: AudioCraft checkpoints pickle their config)
+            # whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says, which AudioCraft's own torch.load follows.
+            stack.enter_context(mock.patch('audiocraft.utils.checkpoint.load_checkpoint', xp_checkpoints.load_checkpoint))
             # AudioCraft's resolver imports `audiocraft.train`, which a pip install cannot import.
             stack.enter_context(mock.patch('audiocraft.utils.checkpoint.resolve_checkpoint_path',
-                                           xp_checkpoints.resolve_checkpoint_path))
+                                           xp_checkpoints.resolve_checkpoint_path(self.xp.dora.dir)))
             return super().load_checkpoints(load_best, ignore_state_keys)
 
     def load_from_pretrained(self, name: str) -> dict:

@@ -1,7 +1,7 @@
 """What keeps a training run from losing work or writing a broken model.
 
 - `RunLock`: one training run per experiment folder (two runs with the same signature would
-  overwrite each other's checkpoints). Dora 0.1 has no such lock.
+  overwrite each other's checkpoints). Dora 0.1 has no such lock; filelock takes it.
 - `check_manifests`: before training, every audio file of every split exists and is readable,
   and (music datasets) has a sidecar `NAME.json` with a description; errors name the file,
   instead of failing later inside a DataLoader worker (or training on empty conditions).
@@ -11,7 +11,6 @@
   file, fsync, rename). AudioCraft's own save (flashy's `write_and_rename`) renames too but never
   fsyncs, so after a crash of the machine the renamed file can be empty on some file systems.
 """
-import errno
 import json
 import logging
 import math
@@ -20,9 +19,11 @@ from pathlib import Path
 import socket
 import typing as tp
 
+import filelock
 import torch
 
 from ..data.manifests import count_entries, manifest_file
+from ..io.atomic import atomic_torch_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -36,78 +37,39 @@ class RunLockedError(RuntimeError):
 class RunLock:
     """An exclusive lock on an experiment folder, held while a training run is alive.
 
-    The lock is `flock` on `folder/training.lock`, which the kernel releases when the process
-    dies in any way (SIGKILL included): a lock is never stale. The file holds the holder's host
-    and pid, for the error message. Where `flock` is not supported (some network file systems),
-    the file's content is the lock: a holder on this host whose pid no longer runs is stale and
-    replaced; a holder on another host is refused (remove the file when sure it is gone).
+    `filelock.FileLock` on `folder/training.lock`: `flock`, which the kernel releases when the
+    process dies in any way (SIGKILL included), so a lock is never stale. On file systems without
+    `flock` (some network file systems) filelock falls back to a marker file with the holder's pid
+    and host, which a contender on the same host removes once that process is gone. The holder
+    writes its host and pid to `training.lock.holder`, for the error message of the next run.
     """
     def __init__(self, folder: tp.Union[str, Path]):
         self.path = Path(folder) / LOCK_NAME
-        self._file: tp.Optional[tp.IO[str]] = None
-        self._pid_file = False
+        self.holder_path = self.path.with_name(LOCK_NAME + '.holder')
+        self._lock = filelock.FileLock(str(self.path))
 
     def _holder(self) -> str:
         try:
-            return self.path.read_text().strip() or 'unknown process'
+            return self.holder_path.read_text().strip() or 'unknown process'
         except OSError:
             return 'unknown process'
 
-    def _refuse(self, holder: str) -> RunLockedError:
-        return RunLockedError(
-            f"Another training run holds {self.path} ({holder}): two runs with the same signature would "
-            "overwrite each other's checkpoints. Wait for it to finish or stop it; to train a second "
-            "experiment, change an override (e.g. label=run2) or dora.dir.")
-
     def acquire(self) -> 'RunLock':
-        import fcntl
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f'host={socket.gethostname()} pid={os.getpid()}'
-        file = open(self.path, 'a+')
         try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.close()
-            raise self._refuse(self._holder()) from None
-        except OSError as error:
-            file.close()
-            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-            self._acquire_pid_file(me)
-            return self
-        file.seek(0)
-        file.truncate()
-        file.write(me + '\n')
-        file.flush()
-        self._file = file
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise RunLockedError(
+                f"Another training run holds {self.path} ({self._holder()}): two runs with the same signature would "
+                "overwrite each other's checkpoints. Wait for it to finish or stop it; to train a second "
+                "experiment, change an override (e.g. label=run2) or dora.dir.") from None
+        atomic_write_text(self.holder_path, f'host={socket.gethostname()} pid={os.getpid()}\n')
         return self
 
-    def _acquire_pid_file(self, me: str) -> None:
-        holder = self._holder() if self.path.exists() else ''
-        fields = dict(part.split('=', 1) for part in holder.split() if '=' in part)
-        if fields.get('pid') and fields.get('host') == socket.gethostname():
-            try:
-                os.kill(int(fields['pid']), 0)
-                alive = int(fields['pid']) != os.getpid()
-            except ProcessLookupError:
-                alive = False
-            except (PermissionError, ValueError):
-                alive = True
-            if not alive:
-                logger.warning("Removing the stale lock %s of a finished process (%s).", self.path, holder)
-                holder = ''
-        if holder:
-            raise self._refuse(holder)
-        self.path.write_text(me + '\n')
-        self._pid_file = True
-
     def release(self) -> None:
-        if self._file is not None:
-            self._file.close()  # releases the flock; the file stays (harmless, reused next time)
-            self._file = None
-        if self._pid_file:
-            self.path.unlink(missing_ok=True)
-            self._pid_file = False
+        if self._lock.is_locked:
+            self.holder_path.unlink(missing_ok=True)
+            self._lock.release()
 
     def __enter__(self) -> 'RunLock':
         return self.acquire()
@@ -132,9 +94,8 @@ def remove_stale_temporaries(folder: tp.Union[str, Path]) -> tp.List[Path]:
 
 def save_checkpoint_atomically(state: tp.Any, checkpoint_path: Path, is_sharded: bool = False) -> None:
     """Drop-in for `audiocraft.utils.checkpoint._safe_save_checkpoint` (non-sharded: FSDP is refused)."""
-    from ..models.checkpoints import atomic_save
     assert not is_sharded, "ExtendedMusicGenSolver never shards checkpoints"
-    atomic_save(state, checkpoint_path)
+    atomic_torch_save(state, checkpoint_path)
 
 
 # ---- data checks ------------------------------------------------------------------------------
