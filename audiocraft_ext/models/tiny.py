@@ -11,7 +11,7 @@ Flavours:
     - ``melody``: text + chroma melody prepended to the input (like musicgen-melody).
     - ``stereo``: text-to-music with interleaved stereo codebooks (like musicgen-stereo-small).
 """
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import typing as tp
 
@@ -116,7 +116,9 @@ def build_from_configs(lm_cfg: DictConfig, compression_cfg: DictConfig):
     wraps it for interleaved stereo codebooks when `lm.cfg` asks for it.
     """
     from audiocraft.models import builders
-    with offline_demucs():
+    # Only the chroma conditioner (melody flavour) needs demucs: text models build without it.
+    melody = any(conditioner.model == 'chroma_stem' for conditioner in lm_cfg.conditioners.values())
+    with offline_demucs() if melody else nullcontext():
         lm = builders.get_lm_model(lm_cfg).eval()
     lm.cfg = lm_cfg
     compression_model = builders.get_compression_model(compression_cfg).eval()
