@@ -20,8 +20,9 @@ from .checkpoints import (EXTENDED_FORMAT, EXTENDED_FORMAT_VERSION, CheckpointEr
                           is_exported_reference, is_extended_package, load_base_musicgen, read_torch_file,
                           weights_hash)
 from .extended_lm import ExtendedLMModel
-from .inputs import check_descriptions, check_duration, check_num_samples, check_waveform
-from .layers import base_layer_config, check_extension_scale, residual_branch_outputs, resolve_layer_config
+from .inputs import (GenerationInputError, check_descriptions, check_duration, check_num_samples,
+                     check_waveform)
+from .layers import base_layer_config, check_extension_scale, residual_branch_outputs
 
 
 def _mono(compression_model: CompressionModel) -> CompressionModel:
@@ -157,8 +158,8 @@ class ExtendedMusicGen(MusicGen):
         check_duration('duration', kwargs.get('duration'))
         check_duration('extend_stride', kwargs.get('extend_stride'))
         if kwargs.get('extend_stride', 0) >= self.max_duration:
-            raise ValueError(f"extend_stride={kwargs['extend_stride']} must be shorter than the model's "
-                             f"max_duration ({self.max_duration} s).")
+            raise GenerationInputError(f"extend_stride={kwargs['extend_stride']} must be shorter than the "
+                                       f"model's max_duration ({self.max_duration} s).")
         super().set_generation_params(*args, **kwargs)
         if extension_scale is not None:
             self.extension_scale = extension_scale
@@ -180,22 +181,24 @@ class ExtendedMusicGen(MusicGen):
             check_descriptions(descriptions)
             batch = prompt.shape[0] if prompt.dim() == 3 else 1
             if len(descriptions) != batch:
-                raise ValueError(f"{len(descriptions)} descriptions for {batch} prompt(s): give one per prompt.")
+                raise GenerationInputError(f"{len(descriptions)} descriptions for {batch} prompt(s): "
+                                           "give one per prompt.")
         return super().generate_continuation(prompt, prompt_sample_rate, descriptions, progress=progress,
                                              return_tokens=return_tokens)
 
     def generate_with_chroma(self, descriptions: tp.List[tp.Optional[str]], melody_wavs: tp.Any,
                              melody_sample_rate: int, progress: bool = False, return_tokens: bool = False):
         check_descriptions(descriptions)
-        melodies = [melody_wavs] if isinstance(melody_wavs, torch.Tensor) else list(melody_wavs)
+        is_list = not isinstance(melody_wavs, torch.Tensor)
+        melodies = list(melody_wavs) if is_list else [melody_wavs]
         for index, melody in enumerate(melodies):
             if melody is not None:
-                check_waveform(f'melody_wavs[{index}]', melody, melody_sample_rate)
+                check_waveform(f'melody_wavs[{index}]', melody, melody_sample_rate, list_item=is_list)
         count = melody_wavs.shape[0] if isinstance(melody_wavs, torch.Tensor) and melody_wavs.dim() == 3 \
             else len(melodies)
         if count != len(descriptions):
-            raise ValueError(f"{count} melodies for {len(descriptions)} descriptions: give one per description "
-                             "(None for no melody).")
+            raise GenerationInputError(f"{count} melodies for {len(descriptions)} descriptions: give one per "
+                                       "description (None for no melody).")
         return super().generate_with_chroma(descriptions, melody_wavs, melody_sample_rate, progress=progress,
                                             return_tokens=return_tokens)
 
@@ -240,16 +243,19 @@ class ExtendedMusicGen(MusicGen):
         """(xp.cfg, state dict) of a plain `LMModel` with L + N layers equal to this model.
 
         `extension_scale` is folded into the weights. Only possible when the new layers have
-        the base layers' architecture (`checkpointing`, a training-memory setting, may differ).
+        the base layers' architecture (`checkpointing`, a training-memory setting, may differ),
+        so never on a post-norm base (the new layers are pre-norm).
         """
         lm = self.lm
-        expected = resolve_layer_config(base_layer_config(lm.base_transformer), {})
+        expected = base_layer_config(lm.base_transformer)
         differing = sorted(key for key in expected
                            if key != 'checkpointing' and expected[key] != lm.layer_config[key])
         if differing:
-            raise CheckpointError(f"The new layers differ from the base layers in {differing}, so base + new "
-                                  "layers is not a stock LMModel and cannot be exported to AudioCraft's layout. "
-                                  "Use save() instead.")
+            post_norm = (" (the base is post-norm; new layers are always pre-norm)"
+                         if 'norm_first' in differing else "")
+            raise CheckpointError(f"The new layers differ from the base layers in {differing}{post_norm}, so base "
+                                  "+ new layers is not a stock LMModel and cannot be exported to AudioCraft's "
+                                  "layout. Use save() instead.")
         cfg = OmegaConf.create(OmegaConf.to_container(self._lm_cfg()))
         cfg.transformer_lm.num_layers = lm.num_base_layers + lm.num_additional_layers
         state = dict(lm.base_state_dict())
