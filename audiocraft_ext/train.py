@@ -25,6 +25,8 @@ from dora.hydra import HydraMain
 import hydra
 import omegaconf
 
+from .config_flags import expand_config_flags
+
 logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
@@ -44,31 +46,6 @@ def _use_our_teams_config() -> None:
 
 
 _use_our_teams_config()
-
-
-def expand_config_flags(argv: tp.Sequence[str]) -> tp.List[str]:
-    """`--config=solver/NAME` or `--config solver/NAME` -> `solver=NAME` (any config group)."""
-    out: tp.List[str] = []
-    args = list(argv)
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        value = None
-        if arg.startswith('--config='):
-            value = arg[len('--config='):]
-        elif arg == '--config' and index + 1 < len(args):
-            index += 1
-            value = args[index]
-        if value is None:
-            out.append(arg)
-        else:
-            value = value[:-len('.yaml')] if value.endswith('.yaml') else value
-            group, sep, name = value.partition('/')
-            if not sep:
-                raise SystemExit(f"--config={value}: expected GROUP/NAME, e.g. --config=solver/extended_musicgen")
-            out.append(f'{group}={name}')
-        index += 1
-    return out
 
 
 class ExtMain(HydraMain):

@@ -78,7 +78,8 @@ class ExtendedLMModel(LMModel):
     always runs in eval mode.
 
     Args:
-        base_lm (LMModel): pretrained MusicGen language model (pre-norm, as all released ones).
+        base_lm (LMModel): pretrained MusicGen language model, pre-norm (as all released ones) or
+            post-norm (as AudioCraft's `debug` model); the new layers are pre-norm either way.
         num_additional_layers (int): number of new layers N, a positive int.
         extension_scale (float): strength of the new layers' residual branches; 0.0 gives the
             base's logits exactly, 1.0 the extension as trained.

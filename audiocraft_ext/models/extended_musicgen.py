@@ -23,7 +23,8 @@ from ..io.hashing import weights_hash
 from ..io.solver_checkpoints import read_solver_checkpoint
 from .bases import assemble_musicgen, build_lm, compression_package, default_device, load_plain_base
 from .extended_lm import ExtendedLMModel
-from .inputs import check_descriptions, check_duration, check_num_samples, check_waveform
+from .inputs import (GenerationInputError, check_descriptions, check_duration, check_num_samples,
+                     check_waveform)
 from .layers import check_extension_scale
 from .packages import embedded_base, extension_package, merged_lm_package
 from .tiny import build_tiny_musicgen
@@ -221,8 +222,8 @@ class ExtendedMusicGen(MusicGen):
         check_duration('duration', kwargs.get('duration'))
         check_duration('extend_stride', kwargs.get('extend_stride'))
         if kwargs.get('extend_stride', 0) >= self.max_duration:
-            raise ValueError(f"extend_stride={kwargs['extend_stride']} must be shorter than the model's "
-                             f"max_duration ({self.max_duration} s).")
+            raise GenerationInputError(f"extend_stride={kwargs['extend_stride']} must be shorter than the "
+                                       f"model's max_duration ({self.max_duration} s).")
         super().set_generation_params(*args, **kwargs)
         if extension_scale is not None:
             self.extension_scale = extension_scale
@@ -244,22 +245,24 @@ class ExtendedMusicGen(MusicGen):
             check_descriptions(descriptions)
             batch = prompt.shape[0] if prompt.dim() == 3 else 1
             if len(descriptions) != batch:
-                raise ValueError(f"{len(descriptions)} descriptions for {batch} prompt(s): give one per prompt.")
+                raise GenerationInputError(f"{len(descriptions)} descriptions for {batch} prompt(s): "
+                                           "give one per prompt.")
         return super().generate_continuation(prompt, prompt_sample_rate, descriptions, progress=progress,
                                              return_tokens=return_tokens)
 
     def generate_with_chroma(self, descriptions: tp.List[tp.Optional[str]], melody_wavs: tp.Any,
                              melody_sample_rate: int, progress: bool = False, return_tokens: bool = False):
         check_descriptions(descriptions)
-        melodies = [melody_wavs] if isinstance(melody_wavs, torch.Tensor) else list(melody_wavs)
+        is_list = not isinstance(melody_wavs, torch.Tensor)
+        melodies = list(melody_wavs) if is_list else [melody_wavs]
         for index, melody in enumerate(melodies):
             if melody is not None:
-                check_waveform(f'melody_wavs[{index}]', melody, melody_sample_rate)
+                check_waveform(f'melody_wavs[{index}]', melody, melody_sample_rate, list_item=is_list)
         count = melody_wavs.shape[0] if isinstance(melody_wavs, torch.Tensor) and melody_wavs.dim() == 3 \
             else len(melodies)
         if count != len(descriptions):
-            raise ValueError(f"{count} melodies for {len(descriptions)} descriptions: give one per description "
-                             "(None for no melody).")
+            raise GenerationInputError(f"{count} melodies for {len(descriptions)} descriptions: give one per "
+                                       "description (None for no melody).")
         return super().generate_with_chroma(descriptions, melody_wavs, melody_sample_rate, progress=progress,
                                             return_tokens=return_tokens)
 

@@ -9,6 +9,15 @@ import typing as tp
 import torch
 
 
+class GenerationInputError(ValueError, AssertionError):
+    """A bad generation input that `MusicGen` itself rejects with a bare `assert`.
+
+    A `ValueError` with a clear message, like every other bad-input error here, and also an
+    `AssertionError`, so that code written against `MusicGen` that catches `AssertionError`
+    (as AudioCraft's own tests do) behaves the same with `ExtendedMusicGen`.
+    """
+
+
 def check_duration(name: str, value: tp.Any) -> None:
     if value is None:
         return
@@ -33,12 +42,21 @@ def check_descriptions(descriptions: tp.Any, allow_none_items: bool = True) -> N
             raise TypeError(f"descriptions[{index}] is {type(description).__name__}, expected a string.")
 
 
-def check_waveform(name: str, wav: tp.Any, sample_rate: tp.Any, max_seconds: tp.Optional[float] = None) -> None:
-    """A waveform given as [C, T] or [B, C, T]: finite, non-empty, at a positive sample rate."""
+def check_waveform(name: str, wav: tp.Any, sample_rate: tp.Any, max_seconds: tp.Optional[float] = None,
+                   list_item: bool = False) -> None:
+    """A waveform given as [C, T] or [B, C, T]: finite, non-empty, at a positive sample rate.
+
+    Args:
+        max_seconds (float, optional): longest duration accepted (MusicGen asserts it for prompts).
+        list_item (bool): one waveform of a list, which must be [C, T] (MusicGen asserts it).
+    """
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"{name} sample rate must be a positive int, got {sample_rate!r}.")
     if not isinstance(wav, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [B, C, T] or [C, T], got {type(wav).__name__}.")
+    if list_item and wav.dim() != 2:
+        raise GenerationInputError(f"{name} has shape {list(wav.shape)}; a list of waveforms holds [C, T] "
+                                   "tensors (or pass one [B, C, T] tensor).")
     if wav.dim() not in (2, 3) or wav.shape[-1] == 0 or wav.shape[-2] not in (1, 2):
         raise ValueError(f"{name} has shape {list(wav.shape)}; expected [B, C, T] or [C, T] with C = 1 or 2 "
                          "channels and T > 0 samples.")
@@ -46,5 +64,5 @@ def check_waveform(name: str, wav: tp.Any, sample_rate: tp.Any, max_seconds: tp.
         raise ValueError(f"{name} contains NaN or infinite samples: clean the waveform first.")
     seconds = wav.shape[-1] / sample_rate
     if max_seconds is not None and seconds > max_seconds:
-        raise ValueError(f"{name} lasts {seconds:.2f} s, longer than the {max_seconds:.2f} s to generate: "
-                         "trim it or raise duration with set_generation_params(duration=...).")
+        raise GenerationInputError(f"{name} lasts {seconds:.2f} s, longer than the {max_seconds:.2f} s to "
+                                   "generate: trim it or raise duration with set_generation_params(duration=...).")

@@ -41,7 +41,8 @@ def base_layer_config(transformer: StreamingTransformer) -> tp.Dict[str, tp.Any]
 
     The positional scheme is adapted for layers stacked on top: a sinusoidal embedding is added
     once at the bottom of the base, so the new layers get `positional_scale=0` (no second
-    embedding); rotary embeddings live in every layer, so new layers keep them.
+    embedding); rotary embeddings live in every layer, so new layers keep them. `norm_first`
+    is the base's as read; `resolve_layer_config` makes the new layers pre-norm whatever it is.
     """
     layer = transformer.layers[0]
     attention = layer.self_attn
@@ -78,11 +79,20 @@ def base_layer_config(transformer: StreamingTransformer) -> tp.Dict[str, tp.Any]
 
 def resolve_layer_config(base_config: tp.Dict[str, tp.Any],
                          overrides: tp.Dict[str, tp.Any]) -> tp.Dict[str, tp.Any]:
-    """Apply user overrides to the base layer config, with clear errors for what cannot work."""
+    """Apply user overrides to the base layer config, with clear errors for what cannot work.
+
+    The new layers are always pre-norm (`norm_first=True`), over a post-norm base too: a pre-norm
+    layer whose residual branches end in zeros is the identity whatever sits below it, while a
+    post-norm layer normalises its output and so cannot start as the identity.
+    """
     unknown = sorted(set(overrides) - set(base_config))
     if unknown:
         raise ValueError(f"Unknown layer override(s) {unknown}. Valid keys: {sorted(base_config)}.")
-    config = {**base_config, **overrides}
+    if not overrides.get('norm_first', True):
+        raise ValueError("norm_first=False is refused: the new layers are always pre-norm, because a post-norm "
+                         "layer normalises its output and so cannot start as the identity (step 0 would not "
+                         "equal the base). Pre-norm new layers work on post-norm bases too: leave norm_first unset.")
+    config = {**base_config, **overrides, 'norm_first': True}
     if config['d_model'] != base_config['d_model']:
         raise ValueError(f"d_model={config['d_model']} does not fit the base: the new layers sit in the "
                          f"base's residual stream, so d_model must stay {base_config['d_model']}.")
@@ -92,9 +102,6 @@ def resolve_layer_config(base_config: tp.Dict[str, tp.Any],
     if config['cross_attention'] and not base_config['cross_attention']:
         raise ValueError("cross_attention=True needs a base that fuses conditions by cross-attention; "
                          "this base has no cross-attention source.")
-    if not config['norm_first']:
-        raise ValueError("The new layers must be pre-norm (norm_first=True): a post-norm layer normalises "
-                         "its output, so it cannot start as the identity. Pass norm_first=True.")
     if config['positional_embedding'] in ('rope', 'sin_rope') and not (config['custom'] or config['memory_efficient']):
         raise ValueError("Rotary embeddings need AudioCraft's custom attention: pass custom=True.")
     return config

@@ -17,7 +17,7 @@ from ..io.extension_files import FORMAT, FORMAT_VERSION, ExtensionPackage
 from ..io.hashing import weights_hash
 from .bases import assemble_musicgen, build_compression_model, build_lm, compression_package
 from .extended_lm import ExtendedLMModel
-from .layers import base_layer_config, residual_branch_outputs, resolve_layer_config
+from .layers import base_layer_config, residual_branch_outputs
 
 # `MusicGen.set_generation_params` arguments and the `generation_params` keys they fill.
 _GENERATION_KEYS = {'use_sampling': 'use_sampling', 'temp': 'temperature', 'top_k': 'top_k', 'top_p': 'top_p',
@@ -83,13 +83,16 @@ def merged_lm_package(lm: ExtendedLMModel) -> tp.Tuple[tp.Any, tp.Dict[str, torc
     """(xp.cfg, state dict) of a plain `LMModel` with L + N layers equal to `lm`.
 
     `extension_scale` is folded into the weights. Only possible when the new layers have the
-    base layers' architecture (`checkpointing`, a training-memory setting, may differ).
+    base layers' architecture (`checkpointing`, a training-memory setting, may differ), so never
+    on a post-norm base (the new layers are pre-norm).
     """
-    expected = resolve_layer_config(base_layer_config(lm.base_transformer), {})
+    expected = base_layer_config(lm.base_transformer)
     differing = sorted(key for key in expected if key != 'checkpointing' and expected[key] != lm.layer_config[key])
     if differing:
-        raise CheckpointError(f"The new layers differ from the base layers in {differing}, so base + new layers is "
-                              "not a stock LMModel and cannot be exported to AudioCraft's layout. Use save() instead.")
+        post_norm = " (the base is post-norm; new layers are always pre-norm)" if 'norm_first' in differing else ""
+        raise CheckpointError(f"The new layers differ from the base layers in {differing}{post_norm}, so base + new "
+                              "layers is not a stock LMModel and cannot be exported to AudioCraft's layout. "
+                              "Use save() instead.")
     cfg = OmegaConf.create(OmegaConf.to_container(lm_config(lm)))
     cfg.transformer_lm.num_layers = lm.num_base_layers + lm.num_additional_layers
     state = dict(lm.base_state_dict())

@@ -240,9 +240,10 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         # `base_model` is checked when continuing from another run's best state as well.
         self._continue_best_source_keys = [*self._continue_best_source_keys, 'base_model']
         self.autocast_dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}[self.cfg.autocast_dtype]
-        self.scaler: tp.Optional[torch.cuda.amp.GradScaler] = None
+        self.scaler: tp.Optional[torch.amp.GradScaler] = None
         if self.cfg.autocast and self.autocast_dtype is torch.float16:
-            self.scaler = torch.amp.GradScaler('cuda')
+            # On the solver's device (AudioCraft's is CUDA-only), so the CPU runs the GPU's path too.
+            self.scaler = torch.amp.GradScaler(torch.device(self.device).type)
             self.register_stateful('scaler')
 
     def _store_base(self, dtype: tp.Optional[str]) -> None:
