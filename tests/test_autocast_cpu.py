@@ -17,7 +17,6 @@ from audiocraft.utils.autocast import TorchAutocast
 from audiocraft_ext import ExtendedMusicGen, train
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.solvers import safety
-from audiocraft_ext.solvers.xp_checkpoints import extended_from_solver_checkpoint
 
 from conftest import perturb_extension
 from test_reliability import inject_nan_logits
@@ -76,7 +75,7 @@ def test_training_under_cpu_autocast(exported_bases, egs, autocast_dtype, base_d
     # AudioCraft keeps the best state in the autocast dtype; the exported model carries those values.
     best = state['best_state']['model']
     assert {value.dtype for value in best.values() if value.is_floating_point()} == {dtype}
-    model = extended_from_solver_checkpoint(xp.folder, device='cpu')
+    model = ExtendedMusicGen.from_solver_checkpoint(xp.folder, device='cpu')
     assert all(torch.equal(value, best[name].float()) for name, value in model.lm.extension_state_dict().items())
     model.set_generation_params(duration=0.2)
     assert torch.isfinite(model.generate(['a tone'])).all()

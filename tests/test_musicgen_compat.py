@@ -25,7 +25,7 @@ import torch
 from audiocraft.models import MusicGen
 from audiocraft.modules.transformer import set_efficient_attention_backend
 from audiocraft_ext import ExtendedLMModel, ExtendedMusicGen
-from audiocraft_ext.models.checkpoints import CheckpointError
+from audiocraft_ext.io.errors import CheckpointError
 from audiocraft_ext.models.inputs import GenerationInputError
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 
