@@ -182,10 +182,7 @@ def main(argv: tp.List[str]) -> int:
         print("chromium not found: install Debian's chromium (scripts/setup.sh --browser)", file=sys.stderr)
         return 2
     page, out = Path(argv[0]), Path(argv[1])
-    with Browser(executable) as browser:
-        browser.open(page, width=int(argv[2]) if len(argv) > 2 else 1280)
-        checks = browser.evaluate(CHECK_MEDIA)
-        browser.screenshot(out)
+    checks = check_page(page, out, width=int(argv[2]) if len(argv) > 2 else 1280)
     broken = [a for a in checks['audio'] if a['error'] is not None or a['readyState'] < 1]
     print(f"{len(checks['audio'])} audio elements ({len(broken)} broken), {checks['rows']} rows -> {out}")
     return 1 if broken else 0

@@ -399,7 +399,8 @@ def generate_clips(model_file: Path, data: Path, out: Path, sizes: Sizes, seed: 
         steps.print(f"      {index + 1}/{len(jobs)}: {len(prompts[domain])} {domain}-domain clips, "
                     f"{variant} (extension_scale={scale:g})")
     return {'clips': written, 'trainable': trainable, 'total': total, 'sample_rate': model.sample_rate,
-            'duration': duration, 'num_base_layers': model.lm.num_base_layers,
+            'duration': duration, 'generation_params': dict(model.generation_params),
+            'num_base_layers': model.lm.num_base_layers,
             'num_additional_layers': model.lm.num_additional_layers}
 
 
@@ -516,7 +517,8 @@ def run_demo(args: argparse.Namespace) -> int:
         'trainable_fraction': generation['trainable'] / generation['total'],
         'training_wall_s': timing['wall_s'], 'training_s': timing['work_s'],
         'cross_entropy': ce, 'metrics': str(out / 'metrics.json'),
-        'clips': generation['clips'], 'clip_duration': generation['duration'], 'data': str(data),
+        'clips': generation['clips'], 'clip_duration': generation['duration'],
+        'generation_params': generation['generation_params'], 'data': str(data),
         'plots': {'loss_curves': str(loss_plot), 'scale_sweep': sweep_plot},
         'step_times_s': steps.times, 'total_s': steps.total,
     }

@@ -56,16 +56,20 @@ def write_demo_report(out: tp.Union[str, Path], summary: dict, metrics: dict,
     metrics = {key: value for key, value in metrics.items() if not key.startswith('_')}
     sizes = summary['sizes']
     plots = summary.get('plots') or {}
-    config = {
-        **report_config(metrics),
+    config = report_config(metrics)
+    for key in ('generate_lm', 'trainable_params', 'total_params'):  # the evaluation's samples (none here)
+        config.pop(key, None)
+    config.update({
         'base': summary['base']['reference'],
         'new layers (N)': sizes['new_layers'],
         'steps': f"{sizes['mission_epochs']} epochs x {sizes['mission_updates']} updates, lr {sizes['mission_lr']}",
-        'data': summary.get('data'),
         'trainable params': f"{summary['trainable_params']:,} of {summary['total_params']:,} "
                             f"({100 * summary['trainable_fraction']:.1f}%)",
-        'training time': f"{summary['training_s']:.0f} s", 'demo sizes': sizes, 'demo seed': summary['seed'],
-    }
+        'training time': f"{summary['training_s']:.0f} s",
+        'clips': {'seconds': summary.get('clip_duration'), 'seed': summary['seed'],
+                  **(summary.get('generation_params') or {})},
+        'demo data': summary.get('data'), 'demo sizes': sizes,
+    })
     return write_report(
         Path(folder) if folder is not None else out / REPORT_DIR,
         title=f"audiocraft-ext demo: a frozen base + {sizes['new_layers']} new layer(s)",

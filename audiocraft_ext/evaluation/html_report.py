@@ -14,7 +14,7 @@ failed write leaves the previous report whole.
 What goes in (rows of clips, metrics, plots, configuration) is assembled by `listening` for an
 evaluation and by the demo; this module only renders it.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import json
 import math
 import os
@@ -58,14 +58,6 @@ class PromptRow:
     clips: tp.List[Clip]
     group: str = ''
     note: str = ''
-
-
-@dataclass
-class _Page:
-    title: str
-    subtitle: str
-    columns: tp.List[str]
-    groups: tp.List[dict] = field(default_factory=list)
 
 
 # ---- assets ----------------------------------------------------------------------------------
@@ -148,17 +140,17 @@ def lm_table(metrics: dict) -> tp.List[dict]:
     """
     rows = []
     for name, entry in metrics.get('sets', {}).items():
-        base, extended = entry['base']['ce'], entry['extended']['ce']
+        base, extended = entry.get('base') or {}, entry.get('extended') or {}
         adaptation = name == 'new'
-        change = base - extended if adaptation else extended - base
-        rows.append({
-            'name': name, 'label': SET_LABELS.get(name, name), 'dataset': entry.get('dataset', ''),
-            'base_ce': _number(base), 'extended_ce': _number(extended),
-            'base_ppl': _number(entry['base'].get('ppl'), 3), 'extended_ppl': _number(entry['extended'].get('ppl'), 3),
-            'kind': 'gain' if adaptation else 'forgetting', 'change': f'{change:+.4f}',
-            'relative': f'{100 * change / base:+.1f}%' if base else '-',
-            'good': change >= 0 if adaptation else change <= 0,
-        })
+        row = {'label': SET_LABELS.get(name, name), 'dataset': entry.get('dataset', ''),
+               'base_ce': _number(base.get('ce')), 'extended_ce': _number(extended.get('ce')),
+               'base_ppl': _number(base.get('ppl'), 3), 'extended_ppl': _number(extended.get('ppl'), 3),
+               'kind': 'gain' if adaptation else 'forgetting', 'change': '-', 'relative': '-', 'good': True}
+        if base.get('ce') is not None and extended.get('ce') is not None:
+            change = base['ce'] - extended['ce'] if adaptation else extended['ce'] - base['ce']
+            row.update(change=f'{change:+.4f}', good=change >= 0 if adaptation else change <= 0,
+                       relative=f"{100 * change / base['ce']:+.1f}%" if base['ce'] else '-')
+        rows.append(row)
     return rows
 
 
@@ -209,14 +201,16 @@ def _columns(rows: tp.Sequence[PromptRow]) -> tp.List[str]:
     return columns
 
 
-def _write_rows(rows: tp.Sequence[PromptRow], folder: Path, audio_format: str) -> _Page:
-    page = _Page('', '', _columns(rows))
+def _write_rows(rows: tp.Sequence[PromptRow], columns: tp.Sequence[str], folder: Path,
+                audio_format: str) -> tp.List[dict]:
+    """Each clip's audio and spectrogram into `folder`; the rows by group, one cell per column."""
     (folder / 'audio').mkdir()
     (folder / 'spectrograms').mkdir()
+    groups: tp.List[dict] = []
     for index, row in enumerate(rows):
         by_label = {clip.label: clip for clip in row.clips}
         cells: tp.List[tp.Optional[dict]] = []
-        for column in page.columns:
+        for column in columns:
             clip = by_label.get(column)
             if clip is None:
                 cells.append(None)
@@ -227,10 +221,10 @@ def _write_rows(rows: tp.Sequence[PromptRow], folder: Path, audio_format: str) -
             _write_spectrogram(data, sample_rate, folder / 'spectrograms' / f'{stem}.png')
             cells.append({'audio': f'audio/{stem}.{audio_format}', 'spectrogram': f'spectrograms/{stem}.png',
                           'seconds': f'{len(data) / sample_rate:.1f} s'})
-        if not page.groups or page.groups[-1]['name'] != row.group:
-            page.groups.append({'name': row.group, 'rows': []})
-        page.groups[-1]['rows'].append({'caption': row.caption, 'cells': cells, 'note': row.note})
-    return page
+        if not groups or groups[-1]['name'] != row.group:
+            groups.append({'name': row.group, 'rows': []})
+        groups[-1]['rows'].append({'caption': row.caption, 'cells': cells, 'note': row.note})
+    return groups
 
 
 def _replace_folder(new: Path, folder: Path) -> None:
@@ -264,8 +258,9 @@ def write_report(folder: tp.Union[str, Path], title: str, rows: tp.Sequence[Prom
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.tmp-'))
     try:
-        page = _write_rows(rows, tmp, audio_format)
-        page.title, page.subtitle = title, subtitle
+        columns = _columns(rows)
+        page = {'title': title, 'subtitle': subtitle, 'columns': columns,
+                'groups': _write_rows(rows, columns, tmp, audio_format)}
         (tmp / 'plots').mkdir()
         shown_plots = []
         for caption, path in plots.items():

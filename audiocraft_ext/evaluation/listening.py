@@ -42,7 +42,7 @@ def run_settings(cfg, lm) -> dict:
         'sample_rate': int(cfg.sample_rate),
         'data': {split: value for split, value in datasource.items() if split in ('train', 'valid', 'evaluate')},
         'reference_dset': cfg.evaluate.get('reference_dset'),
-        'generation': OmegaConf.to_container(cfg.generate.lm, resolve=True),
+        'generate_lm': OmegaConf.to_container(cfg.generate.lm, resolve=True),  # the samples' settings
     }
 
 
