@@ -2,7 +2,7 @@
 
 `chromium --remote-debugging-pipe` reads DevTools commands on file descriptor 3 and writes replies
 on 4, as JSON messages ending in a NUL byte: no websocket, no port, no Python dependency. Used by
-the browser test of the HTML report, and to make the README's screenshot:
+the browser test of the HTML report, and to make the README's screenshot (in 256 colours):
 
     python tests/browser.py REPORT.html OUT.png [WIDTH]
 """
@@ -183,6 +183,8 @@ def main(argv: tp.List[str]) -> int:
         return 2
     page, out = Path(argv[0]), Path(argv[1])
     checks = check_page(page, out, width=int(argv[2]) if len(argv) > 2 else 1280)
+    from PIL import Image  # matplotlib's dependency: 256 colours keep the committed PNG small
+    Image.open(out).convert('RGB').quantize(256, method=Image.Quantize.FASTOCTREE).save(out, optimize=True)
     broken = [a for a in checks['audio'] if a['error'] is not None or a['readyState'] < 1]
     print(f"{len(checks['audio'])} audio elements ({len(broken)} broken), {checks['rows']} rows -> {out}")
     return 1 if broken else 0
