@@ -33,7 +33,7 @@ from .. import __version__
 
 REPORT_FILE = 'report.html'
 AUDIO_FORMATS = ('wav', 'mp3')
-MP3_QUALITY = 2  # ffmpeg -q:a for libmp3lame: VBR ~190 kbps, transparent for listening tests
+MP3_QUALITY = 2  # ffmpeg -q:a for libmp3lame: variable bit rate, quality 2 of 0 (best) to 9
 SET_LABELS = {'new': 'new domain (adaptation)', 'reference': 'reference set (forgetting)'}
 AUDIO_MODELS = ('base', 'extended', 'reconstruction')
 
