@@ -12,7 +12,10 @@ ARGS ?=
 demo: setup
 	$(VENV)/bin/audiocraft-ext demo $(ARGS)
 
-test: setup
+# `make test` also installs Debian's chromium (scripts/setup.sh --browser): one test opens the
+# HTML report in a headless browser. `make demo` does not need it.
+test:
+	@bash scripts/setup.sh --browser
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
 setup:

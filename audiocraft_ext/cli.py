@@ -7,6 +7,8 @@ Subcommands:
     export           turn a training run (dora sig or checkpoint) into an extension or AudioCraft's layout.
     convert          rewrite an extension saved by an older version in the current format.
     info             print what an extension holds, without loading its weights.
+    generate         music from captions with a saved model, one WAV (and its settings) per caption.
+    report           (re)build the HTML listening report of an evaluated run or a demo output.
 
 Heavy imports (torch, audiocraft) happen inside the subcommands, so `audiocraft-ext --help`
 answers at once.
@@ -221,6 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
                     'generation defaults of an extension (directory, .safetensors or legacy .pt file).')
     info.add_argument('model', help='an extension written by ExtendedMusicGen.save or audiocraft-ext export')
     info.set_defaults(func=_info)
+
+    from audiocraft_ext import generate as generate_command, report_command
+    generate = commands.add_parser(
+        'generate', help='generate music from captions with a saved model (one WAV per caption)',
+        description='Load MODEL with ExtendedMusicGen.get_pretrained and write one WAV per caption into '
+                    '--out, with a JSON beside it holding the caption, the settings and the command that '
+                    'generates it again. Inputs are checked before anything is generated.')
+    generate_command.add_arguments(generate)
+    generate.set_defaults(func=generate_command.run_generate)
+
+    report = commands.add_parser(
+        'report', help='(re)build the HTML listening report of an evaluated run or a demo output',
+        description='Write report.html (base and extended side by side per prompt, metrics, plots, '
+                    'configuration) with its audio in one folder, from what the run left on disk.')
+    report_command.add_arguments(report)
+    report.set_defaults(func=report_command.run_report)
 
     from audiocraft_ext.data.synth import add_arguments, run_synth
     synth = commands.add_parser('make-synth-data', help='write the synthetic two-domain captioned dataset (old/new)')

@@ -16,7 +16,8 @@ evaluate stage runs. Overrides are Hydra overrides on the experiment's config, e
   Its training config is used (with the overrides on top); the evaluation runs as a new XP
   with `continue_from=PATH` (as AudioCraft does), whose folder holds the report.
 
-The report is `<xp folder>/evaluation/metrics.json`; a table is printed at the end.
+The report is `<xp folder>/evaluation/metrics.json`; a table is printed at the end. The listening
+report, `<xp folder>/evaluation/report/report.html`, plays base and extended side by side.
 """
 import json
 import logging
@@ -151,6 +152,7 @@ def run(argv: tp.Sequence[str]) -> dict:
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
+    from .evaluation.listening import listening_page
     from .evaluation.report import format_table
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ('-h', '--help') for arg in argv):
@@ -163,6 +165,9 @@ def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
         return 2
     print(format_table(report))
     print(f"\nreport: {report['metrics_path']}")
+    page = listening_page(Path(report['metrics_path']).parent)
+    if page.exists():
+        print(f"listening report: {page} (open it in a browser)")
     return 0
 
 

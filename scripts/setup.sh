@@ -8,9 +8,21 @@
 #   3. The locked environment (`uv sync --frozen --extra test`) in a venv outside the repository,
 #      ${AUDIOCRAFT_EXT_VENV:-$HOME/.cache/audiocraft-ext/venv}, so every checkout finds it warm.
 #   4. Once per (FFmpeg version, uv.lock): a check that torchcodec really loads FFmpeg.
+#   5. Only with --browser (`make test`): Debian's `chromium`, for the test that opens the HTML
+#      report in a headless browser. Failing to install it is not fatal: that test then skips
+#      and says why. `make demo` never installs it.
 #
+# Usage: scripts/setup.sh [--browser]
 # Environment: AUDIOCRAFT_EXT_VENV (venv path). Prints `[setup] ...` lines.
 set -euo pipefail
+
+BROWSER=0
+for arg in "$@"; do
+    case "$arg" in
+        --browser) BROWSER=1 ;;
+        *) printf '[setup] ERROR: unknown argument %s (usage: scripts/setup.sh [--browser])\n' "$arg" >&2; exit 2 ;;
+    esac
+done
 
 UV_VERSION=0.13.9
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,9 +50,10 @@ apt_install() {  # apt_install PKG...: `apt-get update` then install, only ever 
         die "missing $*: run as root or install sudo."
     fi
     log "installing Debian packages: $* (apt-get update first)"
-    "${SUDO[@]}" apt-get update -qq
+    # Another apt run (e.g. unattended-upgrades) may hold the lock: wait for it instead of failing.
+    "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+        apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 deb_installed() {  # deb_installed PKG: true when dpkg says PKG is installed.
@@ -113,5 +126,16 @@ versions = ops.get_ffmpeg_library_versions()
 print(f"[setup] torchcodec uses FFmpeg {versions['ffmpeg_version']}")
 EOF
     printf '%s' "$key" > "$STAMP"
+fi
+# --- 5. Headless browser for the HTML report test (only with --browser) ---------------------
+if [ "$BROWSER" -eq 1 ]; then
+    if ! command -v chromium >/dev/null; then
+        # In a subshell: `die` there ends only the subshell, and the tests run without a browser.
+        ( apt_install chromium ) ||
+            log "WARNING: could not install Debian's chromium: the browser test of the HTML report will skip."
+    fi
+    if command -v chromium >/dev/null; then
+        log "browser: $(chromium --version 2>/dev/null | head -n1)"
+    fi
 fi
 log "ready"

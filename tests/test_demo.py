@@ -69,3 +69,27 @@ def test_plots_and_model_written(demo):
     assert (out / 'model.safetensors').exists()
     history = json.loads((Path(summary['xp']) / 'history.json').read_text())
     assert len(history) == summary['sizes']['mission_epochs']
+
+
+def test_listening_report(demo, tmp_path):
+    """OUT/report/report.html: per caption base, extended and the dataset clip, all playing in a browser;
+    `audiocraft-ext report OUT --audio mp3` rebuilds it smaller."""
+    import subprocess
+    import sys
+    from browser import check_page
+    out, summary = demo
+    page = Path(summary['report'])
+    assert page == out / 'report' / 'report.html'
+    prompts = {clip['prompt'] for clip in summary['clips']}
+    checks = check_page(page, tmp_path / 'demo_report.png')
+    assert checks['rows'] == len(prompts) == 2 * summary['sizes']['prompts']
+    assert sorted(checks['captions']) == sorted(prompts)
+    assert len(checks['audio']) == 3 * len(prompts)  # base, extended, reference clip
+    assert all(a['error'] is None and a['readyState'] >= 1 for a in checks['audio']), checks['audio']
+    assert all(img['width'] > 0 for img in checks['images']) and len(checks['images']) == 3 * len(prompts) + 2
+    result = subprocess.run([str(Path(sys.executable).parent / 'audiocraft-ext'), 'report', str(out), '--audio', 'mp3',
+                             '--out', str(tmp_path / 'shared')], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    size = lambda folder: sum(p.stat().st_size for p in folder.rglob('*.*'))  # noqa: E731
+    assert len(list((tmp_path / 'shared' / 'audio').glob('*.mp3'))) == 3 * len(prompts)
+    assert size(tmp_path / 'shared' / 'audio') < size(page.parent / 'audio') / 2

@@ -177,6 +177,39 @@ def test_unavailable_audiocraft_metrics_fail_early_and_clearly():
         audio_metrics.check_optional_metrics(cfg)
 
 
+def test_listening_report(evaluated, dora_dir, tmp_path):
+    """The evaluate stage wrote report.html; `audiocraft-ext report SIG` rebuilds the same page."""
+    from browser import check_page
+    from test_html_report import parse
+    xp, report = evaluated
+    page = xp.folder / 'evaluation' / 'report' / 'report.html'
+    html = page.read_text(encoding='utf-8')
+    checker = parse(page)
+    assert checker.errors == [] and checker.stack == []
+    # One row per sample: base, extended and the evaluate-set clip it was conditioned on.
+    assert [attrs.get('class') for tag, attrs in checker.tags if tag == 'tr'].count('prompt') == 3
+    assert len([tag for tag, _ in checker.tags if tag == 'audio']) == 9
+    for entry in json.loads((xp.folder / 'evaluation' / 'samples' / 'prompts.json').read_text()):
+        assert entry['description'] in html
+    for label in ('base (extension_scale=0)', 'extended (extension_scale=1)', 'reference clip',
+                  'new domain (adaptation)', 'reference set (forgetting)', report['base_hash'], 'data.train'):
+        assert label in html, label
+    assert report['run']['num_additional_layers'] == 2 and report['run']['trainable_params'] > 0
+    # Rebuilt from the files on disk, as a user types it: the same page.
+    command = [str(Path(sys.executable).parent / 'audiocraft-ext'), 'report', xp.sig, '--dora-dir', str(dora_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert str(page) in result.stdout
+    assert page.read_text(encoding='utf-8') == html
+    missing = subprocess.run([*command[:2], 'nosuchrun', '--dora-dir', str(dora_dir)], capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stdout == ''
+    assert missing.stderr.count('\n') == 1 and missing.stderr.startswith("error: No run 'nosuchrun'")
+    checks = check_page(page, tmp_path / 'evaluation.png')
+    assert checks['rows'] == 3 and len(checks['audio']) == 9
+    assert all(a['error'] is None and a['readyState'] >= 1 for a in checks['audio']), checks['audio']
+
+
 def test_errors(dora_dir):
     with pytest.raises(evaluate.EvaluationError, match='exactly one of sig=SIG or checkpoint=PATH'):
         evaluate.run(['--config=solver/extended_musicgen'])
@@ -196,6 +229,7 @@ def test_command_line_on_a_checkpoint_file(evaluated, data, tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert 'adaptation' in result.stdout and 'extended' in result.stdout
+    assert 'listening report:' in result.stdout
     reports = list((tmp_path / 'dora' / 'xps').glob('*/evaluation/metrics.json'))
     assert len(reports) == 1
     again = json.loads(reports[0].read_text())

@@ -21,7 +21,9 @@ Steps (each printed as `[x/N] name`):
    `extension_scale` 1.0 (extended) and 0.0 (exactly the base).
 6. **Evaluate**: `python -m audiocraft_ext.evaluate` on the run (cross entropy of base and
    extended on the new domain and on the old one, extension_scale sweep and its plot).
-7. **Summary**: loss curves from the runs' `history.json`, `summary.json`, and the summary.
+7. **Summary**: loss curves from the runs' `history.json`, `summary.json`, the listening report
+   `OUT/report/report.html` (base, extended and dataset clip per caption, metrics, plots), and
+   the summary.
 
 `--base PATH_OR_ID` skips steps 2-3 and extends a real pretrained MusicGen instead.
 """
@@ -39,6 +41,7 @@ import typing as tp
 
 from ..evaluation.plots import plot_loss_curves
 from .progress import CondensedLog, Steps, condensed_stderr, format_seconds
+from .report_page import write_demo_report
 
 STEPS = ('Synthetic data', 'Compression model', 'Base MusicGen on the old domain',
          'Extend and train on the new domain', 'Export and generate', 'Evaluate', 'Summary')
@@ -396,7 +399,8 @@ def generate_clips(model_file: Path, data: Path, out: Path, sizes: Sizes, seed: 
         steps.print(f"      {index + 1}/{len(jobs)}: {len(prompts[domain])} {domain}-domain clips, "
                     f"{variant} (extension_scale={scale:g})")
     return {'clips': written, 'trainable': trainable, 'total': total, 'sample_rate': model.sample_rate,
-            'duration': duration, 'num_base_layers': model.lm.num_base_layers,
+            'duration': duration, 'generation_params': dict(model.generation_params),
+            'num_base_layers': model.lm.num_base_layers,
             'num_additional_layers': model.lm.num_additional_layers}
 
 
@@ -433,7 +437,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    for stale in ('audio', 'plots', 'dora', 'model.safetensors', 'summary.json', 'metrics.json'):
+    for stale in ('audio', 'plots', 'dora', 'model.safetensors', 'summary.json', 'metrics.json', 'report'):
         target = out / stale
         if target.is_dir():
             shutil.rmtree(target)
@@ -513,9 +517,12 @@ def run_demo(args: argparse.Namespace) -> int:
         'trainable_fraction': generation['trainable'] / generation['total'],
         'training_wall_s': timing['wall_s'], 'training_s': timing['work_s'],
         'cross_entropy': ce, 'metrics': str(out / 'metrics.json'),
-        'clips': generation['clips'], 'plots': {'loss_curves': str(loss_plot), 'scale_sweep': sweep_plot},
+        'clips': generation['clips'], 'clip_duration': generation['duration'],
+        'generation_params': generation['generation_params'], 'data': str(data),
+        'plots': {'loss_curves': str(loss_plot), 'scale_sweep': sweep_plot},
         'step_times_s': steps.times, 'total_s': steps.total,
     }
+    summary['report'] = str(write_demo_report(out, summary, metrics))
     (out / 'summary.json').write_text(json.dumps(summary, indent=2))
     print_summary(summary, generation, steps)
     return 0
@@ -547,6 +554,7 @@ def print_summary(summary: dict, generation: dict, steps: Steps) -> None:
         f"  plots         {rel(summary['plots']['loss_curves'])}",
         f"                {rel(summary['plots']['scale_sweep']) if summary['plots']['scale_sweep'] else '-'}",
         f"  metrics       {rel(summary['metrics'])} (python -m audiocraft_ext.evaluate), summary.json, logs/",
+        f"  listen        {rel(summary['report'])} (open it in a browser)",
         f"  total time    {format_seconds(summary['total_s'])}",
         '=' * width,
     ]

@@ -6,6 +6,7 @@ writes, under `<xp folder>/<evaluate.output_dir>` (default `evaluation/`):
     metrics.json       the report (schema below, docs/EVALUATION.md)
     scale_sweep.png    cross entropy vs extension_scale on the new-domain and reference sets
     samples/base/*.wav, samples/extended/*.wav, samples/prompts.json
+    report/report.html the listening report (`listening`), with its audio, spectrograms and plots
 
 Report schema (keys other tools read; more may be added):
 
@@ -14,7 +15,8 @@ Report schema (keys other tools read; more may be added):
               "reference": {...same, only when evaluate.reference_dset is set}},
      "scale_sweep": {"scales": [...], "new": [ce, ...], "reference": [ce, ...]},
      "audio": {"base": {metric: value}, "extended": {...}, "reconstruction": {...}, ...},
-     "samples_dir": str, "plots": {"scale_sweep": str}}
+     "samples_dir": str, "plots": {"scale_sweep": str},
+     "run": {"num_additional_layers": int, "epochs": int, "data": {...}, ...}}
     S = {"ce": float, "ppl": float, "ce_per_codebook": [...], "ppl_per_codebook": [...],
          "tokens_per_codebook": [...]}
 """
@@ -32,6 +34,7 @@ from ..io.atomic import atomic_write_text
 from ..io.solver_checkpoints import read_solver_checkpoint
 from .audio_metrics import (FRECHET_LATENT_NAME, GaussianStats, build_optional_metric, check_optional_metrics,
                             encoder_latents, frechet_from_stats)
+from .listening import run_settings, write_evaluation_report
 from .lm_metrics import cross_entropy_by_scale, extension_scale
 
 logger = logging.getLogger(__name__)
@@ -342,6 +345,7 @@ def run_evaluation(solver) -> tp.Dict[str, float]:
     else:
         report['audio'] = {}
     report['samples_dir'] = str(audio.samples_dir) if audio.save_samples else None
+    report['run'] = run_settings(cfg, solver.model)
     report['plots'] = {}
     if flashy.distrib.is_rank_zero():
         if sweep:
@@ -351,6 +355,12 @@ def run_evaluation(solver) -> tp.Dict[str, float]:
                                json.dumps(audio.sample_entries, indent=2) + '\n')
         atomic_write_text(out_dir / 'metrics.json', json.dumps(report, indent=2) + '\n')
         solver.logger.info("Evaluation report: %s", out_dir / 'metrics.json')
+        try:  # derived from the files above: a failure must not cost the run its checkpoint
+            page = write_evaluation_report(out_dir, report, history=solver.history)
+            solver.logger.info("Listening report: %s", page)
+        except Exception as error:
+            solver.logger.warning("The listening report could not be written (%s); rebuild it with "
+                                  "`audiocraft-ext report %s`.", error, solver.folder)
         solver.logger.info("\n%s", format_table(report))
     flashy.distrib.barrier()
     return flat_metrics(report)

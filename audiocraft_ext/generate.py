@@ -1,0 +1,230 @@
+"""`audiocraft-ext generate`: music from captions with a saved extended model, without writing Python.
+
+    audiocraft-ext generate MODEL "caption" ["caption" ...] --duration S --out DIR
+        [--scale 0.5] [--melody FILE | --continue FILE] [--seed N] [--device cuda] [--overwrite]
+
+MODEL is anything `ExtendedMusicGen.get_pretrained` loads. For caption number i it writes
+`DIR/<i>_<caption>.wav` and, beside it, `DIR/<i>_<caption>.json`: the caption, every setting, and
+the command that generates that file again (caption i is generated with seed N + i).
+
+Every input is checked before anything is generated: the values and files first (before the
+model is even loaded), then what depends on the model (a melody needs a melody model). Existing
+outputs are never replaced without `--overwrite`, and each file is written to a temporary name
+in DIR and renamed, so an interrupted run leaves no half-written file.
+"""
+import argparse
+from dataclasses import dataclass
+import json
+import math
+import os
+from pathlib import Path
+import re
+import shlex
+import sys
+import tempfile
+import typing as tp
+
+from . import __version__
+
+MAX_SEED = 2 ** 32 - 1
+# Peak-normalised (1 dB headroom), as the evaluation's samples and the demo's clips: loudness
+# normalisation (AudioCraft's README) fails on clips shorter than its 0.4 s gate.
+NORMALIZATION = {'strategy': 'peak'}
+
+
+class GenerateError(ValueError):
+    pass
+
+
+@dataclass
+class AudioInput:
+    """A melody or continuation file, read as float32 [C, T]."""
+    path: Path
+    wav: tp.Any
+    sample_rate: int
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument('model', metavar='MODEL', help='a model written by ExtendedMusicGen.save (or '
+                                                       'anything ExtendedMusicGen.get_pretrained loads)')
+    parser.add_argument('captions', metavar='CAPTION', nargs='+', help='one WAV is written per caption')
+    parser.add_argument('--duration', type=float, required=True, metavar='S', help='seconds of audio per caption')
+    parser.add_argument('--out', required=True, metavar='DIR', help='output folder (created if needed)')
+    parser.add_argument('--scale', type=float, metavar='X',
+                        help="extension_scale: 0 = the frozen base, 1 = the new layers as trained, values in "
+                             "between blend (default: the model's own, usually 1)")
+    inputs = parser.add_mutually_exclusive_group()
+    inputs.add_argument('--melody', metavar='FILE', help='audio whose melody (chroma) conditions every '
+                                                         'caption; needs a melody model')
+    inputs.add_argument('--continue', dest='continuation', metavar='FILE',
+                        help='audio to continue (shorter than --duration); the output starts with it')
+    parser.add_argument('--seed', type=int, help='random seed; caption i uses seed + i (default: drawn at '
+                                                 'random and written in the JSON files)')
+    parser.add_argument('--device', help='cpu or cuda (default: cuda if available)')
+    parser.add_argument('--overwrite', action='store_true', help='replace existing output files')
+    return parser
+
+
+# ---- checks before loading the model --------------------------------------------------------
+
+def output_stems(captions: tp.Sequence[str]) -> tp.List[str]:
+    """File names (without suffix) for the captions: '000_calm-piano', '001_fast-drums', ..."""
+    slugs = [re.sub(r'[^a-z0-9]+', '-', caption.lower()).strip('-')[:48] or 'caption' for caption in captions]
+    return [f'{index:03d}_{slug}' for index, slug in enumerate(slugs)]
+
+
+def read_audio_input(option: str, value: str) -> AudioInput:
+    """A --melody / --continue file: it exists, is audio libsndfile reads, mono or stereo, finite."""
+    import numpy as np
+    import soundfile
+    path = Path(value).expanduser()
+    if not path.is_file():
+        what = 'is a directory' if path.is_dir() else 'does not exist'
+        raise GenerateError(f"{option} {value} {what}: give an audio file.")
+    try:
+        data, sample_rate = soundfile.read(str(path), dtype='float32', always_2d=True)  # [T, C]
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise GenerateError(f"{option} {value} is not readable audio ({error}): give a WAV, FLAC, OGG or MP3 "
+                            "file.") from None
+    if data.shape[0] == 0:
+        raise GenerateError(f"{option} {value} holds no samples: give a non-empty audio file.")
+    if data.shape[1] not in (1, 2):
+        raise GenerateError(f"{option} {value} has {data.shape[1]} channels: give a mono or stereo file.")
+    if not np.isfinite(data).all():
+        raise GenerateError(f"{option} {value} contains NaN or infinite samples: clean the file first.")
+    return AudioInput(path.resolve(), np.ascontiguousarray(data.T), sample_rate)
+
+
+def check_request(args: argparse.Namespace) -> tp.Tuple[tp.List[Path], tp.Optional[AudioInput]]:
+    """Everything that can be checked without the model: (WAV paths to write, melody/continuation)."""
+    for index, caption in enumerate(args.captions):
+        if not caption.strip():
+            raise GenerateError(f"Caption {index + 1} is empty: describe the music to generate.")
+    if not math.isfinite(args.duration) or args.duration <= 0:
+        raise GenerateError(f"--duration {args.duration:g} is not a positive number of seconds.")
+    if args.scale is not None and (not math.isfinite(args.scale) or args.scale < 0):
+        raise GenerateError(f"--scale {args.scale:g} is out of range: use a finite value >= 0 (0 = the base, "
+                            "1 = the new layers as trained).")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise GenerateError(f"--seed {args.seed} is out of range: use an integer from 0 to {MAX_SEED}.")
+    audio = None
+    if args.melody is not None:
+        audio = read_audio_input('--melody', args.melody)
+    elif args.continuation is not None:
+        audio = read_audio_input('--continue', args.continuation)
+        seconds = audio.wav.shape[-1] / audio.sample_rate
+        if seconds >= args.duration:
+            raise GenerateError(f"--continue {args.continuation} lasts {seconds:.2f} s, not shorter than "
+                                f"--duration {args.duration:g}: trim it or raise --duration.")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise GenerateError(f"--out {args.out} is a file: give a folder.")
+    wavs = [out / f'{stem}.wav' for stem in output_stems(args.captions)]
+    existing = [p for wav in wavs for p in (wav, wav.with_suffix('.json')) if p.exists()]
+    if existing and not args.overwrite:
+        more = f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''
+        raise GenerateError(f"{existing[0]} already exists{more}: choose another --out, or pass --overwrite "
+                            "to replace it.")
+    return wavs, audio
+
+
+# ---- generation -----------------------------------------------------------------------------
+
+def load_model(args: argparse.Namespace, audio: tp.Optional[AudioInput]):
+    """The model with the requested settings; refuses a melody for a model without a melody conditioner."""
+    from .models.checkpoints import CheckpointError
+    from .models.extended_musicgen import ExtendedMusicGen
+    try:
+        model = ExtendedMusicGen.get_pretrained(args.model, device=args.device)
+    except (FileNotFoundError, CheckpointError) as error:
+        raise GenerateError(str(error)) from None
+    if args.melody is not None and 'self_wav' not in model.lm.condition_provider.conditioners:
+        raise GenerateError(f"--melody: {args.model} has no melody conditioner (a text-only base); use a model "
+                            "extended from a melody base such as facebook/musicgen-melody, or drop --melody.")
+    params = model.generation_params  # the loaded model's, kept: only duration and scale change
+    model.set_generation_params(
+        use_sampling=params['use_sampling'], top_k=params['top_k'], top_p=params['top_p'],
+        temperature=params['temp'], cfg_coef=params['cfg_coef'], two_step_cfg=params['two_step_cfg'],
+        duration=args.duration, extend_stride=model.extend_stride, extension_scale=args.scale)
+    return model
+
+
+def _generate_one(model, caption: str, audio: tp.Optional[AudioInput], args: argparse.Namespace):
+    """[C, T] audio for one caption (MusicGen's progress callback drives the bar)."""
+    import torch
+    if audio is None:
+        return model.generate([caption], progress=True)[0]
+    wav = torch.from_numpy(audio.wav)[None]  # [1, C, T]
+    if args.melody is not None:
+        return model.generate_with_chroma([caption], wav, audio.sample_rate, progress=True)[0]
+    return model.generate_continuation(wav, audio.sample_rate, [caption], progress=True)[0]
+
+
+def regenerate_command(args: argparse.Namespace, caption: str, seed: int, scale: float) -> str:
+    """The command that generates exactly this caption's file again."""
+    words = ['audiocraft-ext', 'generate', args.model, caption, '--duration', f'{args.duration:g}',
+             '--scale', f'{scale:g}', '--seed', str(seed), '--out', args.out]
+    if args.melody is not None:
+        words += ['--melody', args.melody]
+    if args.continuation is not None:
+        words += ['--continue', args.continuation]
+    return shlex.join(words)
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.tmp-')
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as file:
+            file.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_wav(wav, sample_rate: int, path: Path) -> None:
+    from audiocraft.data.audio import audio_write
+    stem = path.parent / f'.{path.stem}.tmp-{os.getpid()}'
+    written = audio_write(stem, wav.cpu(), sample_rate, format='wav', **NORMALIZATION)
+    os.replace(written, path)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """The `generate` command; returns the exit code (2 with one `error:` line for bad input)."""
+    try:
+        wavs, audio = check_request(args)
+        model = load_model(args, audio)
+    except GenerateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import torch
+    from tqdm import tqdm
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), 'little')  # <= MAX_SEED
+    wavs[0].parent.mkdir(parents=True, exist_ok=True)
+    total = len(args.captions)
+    for index, (caption, path) in enumerate(zip(args.captions, wavs)):
+        short = caption if len(caption) <= 40 else caption[:39] + '…'
+        with tqdm(desc=f'[{index + 1}/{total}] {short}', unit='step', file=sys.stderr) as bar:
+            def progress(generated: int, steps: int) -> None:
+                bar.total = steps
+                bar.update(generated - bar.n)
+            model.set_custom_progress_callback(progress)
+            torch.manual_seed(seed + index)
+            with torch.no_grad():
+                wav = _generate_one(model, caption, audio, args)  # [C, T]
+        _write_wav(wav, model.sample_rate, path)
+        settings = {
+            'caption': caption, 'file': path.name, 'model': args.model,
+            'base': {'reference': model.base_reference, 'hash': model.base_hash},
+            'extension_scale': model.extension_scale, 'duration': args.duration, 'seed': seed + index,
+            'melody': str(audio.path) if args.melody is not None else None,
+            'continue': str(audio.path) if args.continuation is not None else None,
+            'sample_rate': model.sample_rate, 'channels': int(wav.shape[0]),
+            'generation_params': model.generation_params, 'normalization': NORMALIZATION,
+            'audiocraft_ext_version': __version__,
+            'command': regenerate_command(args, caption, seed + index, model.extension_scale),
+        }
+        _write_atomic_text(path.with_suffix('.json'), json.dumps(settings, indent=2) + '\n')
+        print(f"wrote {path}")
+    return 0
