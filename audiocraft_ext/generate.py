@@ -25,6 +25,7 @@ import tempfile
 import typing as tp
 
 from . import __version__
+from .io.errors import CheckpointError
 
 MAX_SEED = 2 ** 32 - 1
 # Peak-normalised (1 dB headroom), as the evaluation's samples and the demo's clips: loudness
@@ -132,7 +133,6 @@ def check_request(args: argparse.Namespace) -> tp.Tuple[tp.List[Path], tp.Option
 
 def load_model(args: argparse.Namespace, audio: tp.Optional[AudioInput]):
     """The model with the requested settings; refuses a melody for a model without a melody conditioner."""
-    from .models.checkpoints import CheckpointError
     from .models.extended_musicgen import ExtendedMusicGen
     try:
         model = ExtendedMusicGen.get_pretrained(args.model, device=args.device)

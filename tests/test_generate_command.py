@@ -181,11 +181,12 @@ def test_melody_and_continuation_together_are_refused(tmp_path):
 def test_model_errors_found_before_generating(models, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _cli('nope.pt', 'calm', '--duration', '0.5', '--out', 'out') == 2
-    assert capsys.readouterr().err == 'error: ExtendedMusicGen checkpoint not found: nope.pt. Check the path.\n'
+    assert capsys.readouterr().err == ('error: Extension not found: nope.pt. Check the path, or give a Hugging Face '
+                                       'id (user/repo).\n')
     not_a_model = write_tone(tmp_path / 'tone.wav', 0.5)
     assert _cli(not_a_model, 'calm', '--duration', '0.5', '--out', tmp_path / 'out') == 2
     err = capsys.readouterr().err
-    assert err.startswith(f'error: {not_a_model} is not a readable PyTorch') and err.count('\n') == 1
+    assert err.startswith(f'error: {not_a_model} was not written by ExtendedMusicGen.save') and err.count('\n') == 1
     assert _cli(models['text'], 'calm', '--duration', '0.5', '--melody', not_a_model, '--out', tmp_path / 'out') == 2
     err = capsys.readouterr().err
     assert err == (f"error: --melody: {models['text']} has no melody conditioner (a text-only base); use a model "
