@@ -24,9 +24,9 @@ def format_seconds(seconds: float) -> str:
 
 class Steps:
     """`[x/N] name ...` headers with the elapsed time of each step and of the whole demo."""
-    def __init__(self, names: tp.Sequence[str], out: tp.TextIO = sys.stdout):
+    def __init__(self, names: tp.Sequence[str], out: tp.Optional[tp.TextIO] = None):
         self.names = list(names)
-        self.out = out
+        self.out = out or sys.stdout  # the stdout of the call, not of the import (tests swap it)
         self.start = time.monotonic()
         self.times: tp.Dict[str, float] = {}
         self._current: tp.Optional[str] = None
@@ -56,9 +56,9 @@ class Steps:
 
 class CondensedLog(io.TextIOBase):
     """A text stream that writes everything to `log_file` and echoes progress lines, shortened."""
-    def __init__(self, log_file: tp.TextIO, echo: tp.TextIO = sys.stdout, indent: str = '      '):
+    def __init__(self, log_file: tp.TextIO, echo: tp.Optional[tp.TextIO] = None, indent: str = '      '):
         self.log_file = log_file
-        self.echo = echo
+        self.echo = echo or sys.stdout
         self.indent = indent
         self._pending = ''
 
@@ -85,7 +85,7 @@ class CondensedLog(io.TextIOBase):
 
 
 @contextmanager
-def condensed_stderr(log_path, echo: tp.TextIO = sys.stdout):
+def condensed_stderr(log_path, echo: tp.Optional[tp.TextIO] = None):
     """Inside the block, stderr (where flashy's handler is created) goes through a `CondensedLog`.
 
     The root logger's handlers and level are put back afterwards: flashy's `setup_logging`
