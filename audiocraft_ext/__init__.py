@@ -3,9 +3,12 @@
 The public classes are imported lazily, so `import audiocraft_ext` stays light (AudioCraft and
 torch load on first use).
 """
+from pathlib import Path
 import typing as tp
 
 __version__ = '0.1.0'
+# Our Hydra config tree (shipped in the wheel): the entry points' and the dataset configs' home.
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 
 _LAZY = {
     'ExtendedLMModel': 'audiocraft_ext.models.extended_lm',

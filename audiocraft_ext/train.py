@@ -25,11 +25,11 @@ from dora.hydra import HydraMain
 import hydra
 import omegaconf
 
+from . import CONFIG_DIR
 from .config_flags import expand_config_flags
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 # What DataLoader workers import to unpickle AudioCraft's datasets.
 _WORKER_MODULES = ('torch', 'audiocraft.data.music_dataset', 'audiocraft.data.info_audio_dataset')
 

@@ -16,7 +16,7 @@ import torch
 from audiocraft.utils.autocast import TorchAutocast
 from audiocraft_ext import ExtendedMusicGen, train
 from audiocraft_ext.models.tiny import build_tiny_musicgen
-from audiocraft_ext.solvers import safety
+from audiocraft_ext.solvers.nonfinite import NonFiniteStepError
 
 from conftest import perturb_extension
 from test_reliability import inject_nan_logits
@@ -89,7 +89,7 @@ def test_nan_loss_under_float16_autocast_stops_before_any_weight_moves(exported_
     assert isinstance(solver.scaler, torch.amp.GradScaler) and solver.scaler.is_enabled()
     inject_nan_logits(solver, lambda step: step == 0)
     before = snapshot(solver.model.extension_state_dict())
-    with xp.enter(), pytest.raises(safety.NonFiniteStepError,
+    with xp.enter(), pytest.raises(NonFiniteStepError,
                                    match=r'Non-finite loss at epoch 1, step 0: the step was not applied'):
         solver.run()
     assert all(torch.equal(solver.model.extension_state_dict()[name], value) for name, value in before.items())

@@ -21,7 +21,8 @@ from audiocraft_ext.io import extension_files
 from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
-from audiocraft_ext.solvers import safety
+from audiocraft_ext.solvers.nonfinite import NonFiniteStepError
+from audiocraft_ext.solvers.run_lock import LOCK_NAME, RunLock, RunLockedError
 
 pytestmark = pytest.mark.usefixtures('dora_dir')  # every run here writes to a temporary Dora folder
 
@@ -79,7 +80,7 @@ def test_nan_loss_stops_before_the_optimizer_and_keeps_the_last_checkpoint(expor
             before.update(extension(solver))
         return step == 2
     inject_nan_logits(solver, when)
-    with xp.enter(), pytest.raises(safety.NonFiniteStepError,
+    with xp.enter(), pytest.raises(NonFiniteStepError,
                                    match=r'Non-finite loss at epoch 2, step 0: the step was not applied'):
         solver.run()
     # No weight moved, the optimizer holds no NaN, and the checkpoint of epoch 1 is intact.
@@ -114,7 +115,7 @@ def test_nan_gradients_are_caught_too_and_skipped_when_allowed(exported_bases, e
     # More than the allowed number in one epoch stops the run.
     xp, solver = make_solver(argv(exported_bases['text'], egs, 'label=nan_skip2', 'skip_nonfinite_steps=1'))
     inject_nan_logits(solver, lambda step: step < 2)
-    with xp.enter(), pytest.raises(safety.NonFiniteStepError, match='More than skip_nonfinite_steps=1'):
+    with xp.enter(), pytest.raises(NonFiniteStepError, match='More than skip_nonfinite_steps=1'):
         solver.run()
 
 
@@ -122,8 +123,8 @@ def test_nan_gradients_are_caught_too_and_skipped_when_allowed(exported_bases, e
 def test_second_run_on_the_same_signature_is_refused(exported_bases, egs):
     args = argv(exported_bases['text'], egs, 'label=locked', 'optim.epochs=1')
     xp, solver = make_solver(args)
-    with safety.RunLock(xp.folder):  # as another process running this XP would hold it
-        with xp.enter(), pytest.raises(safety.RunLockedError, match=rf'Another training run holds .*pid={os.getpid()}'):
+    with RunLock(xp.folder):  # as another process running this XP would hold it
+        with xp.enter(), pytest.raises(RunLockedError, match=rf'Another training run holds .*pid={os.getpid()}'):
             solver.run()
         assert not (xp.folder / 'checkpoint.th').exists()
     # Released (a killed holder releases it too: flock): the same command now trains.
@@ -136,8 +137,8 @@ import errno, fcntl, sys, time
 def no_flock(*args):
     raise OSError(errno.ENOSYS, 'Function not implemented')
 fcntl.flock = no_flock
-from audiocraft_ext.solvers import safety
-safety.RunLock(sys.argv[1]).acquire()
+from audiocraft_ext.solvers.run_lock import RunLock
+RunLock(sys.argv[1]).acquire()
 print('locked', flush=True)
 time.sleep(600)
 """
@@ -154,14 +155,14 @@ def test_lock_without_flock_refuses_a_live_holder_and_replaces_a_dead_one(tmp_pa
                               text=True)
     try:
         assert holder.stdout.readline().strip() == 'locked'
-        with pytest.raises(safety.RunLockedError, match=f'pid={holder.pid}'):
-            safety.RunLock(tmp_path).acquire()
+        with pytest.raises(RunLockedError, match=f'pid={holder.pid}'):
+            RunLock(tmp_path).acquire()
     finally:
         holder.kill()  # SIGKILL: the marker file stays behind, naming a process that is gone
         holder.wait()
-    assert (tmp_path / safety.LOCK_NAME).exists()
-    with pytest.warns(UserWarning, match='falling back to SoftFileLock'), safety.RunLock(tmp_path):
-        assert f'pid={os.getpid()}' in (tmp_path / (safety.LOCK_NAME + '.holder')).read_text()
+    assert (tmp_path / LOCK_NAME).exists()
+    with pytest.warns(UserWarning, match='falling back to SoftFileLock'), RunLock(tmp_path):
+        assert f'pid={os.getpid()}' in (tmp_path / (LOCK_NAME + '.holder')).read_text()
 
 
 # ---- interrupted checkpoint writes ------------------------------------------------------------

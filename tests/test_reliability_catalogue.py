@@ -16,7 +16,7 @@ from audiocraft_ext import ExtendedMusicGen, train
 from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
 from audiocraft_ext.io.errors import CheckpointError
 from audiocraft_ext.models.tiny import build_tiny_musicgen
-from audiocraft_ext.solvers.safety import DataCheckError
+from audiocraft_ext.data.checks import DataCheckError
 
 pytestmark = pytest.mark.usefixtures('dora_dir')  # every run here writes to a temporary Dora folder
 

@@ -30,6 +30,7 @@ import typing as tp
 import omegaconf
 import torch
 
+from .. import CONFIG_DIR
 from ..io.atomic import atomic_write_text
 from ..io.solver_checkpoints import read_solver_checkpoint
 from .audio_metrics import (FRECHET_LATENT_NAME, GaussianStats, build_optional_metric, check_optional_metrics,
@@ -62,7 +63,6 @@ def resolve_reference_dset(value: str, cfg: omegaconf.DictConfig) -> str:
             return resolve_reference_dset(str(path / 'evaluate'), cfg)
         raise FileNotFoundError(f"evaluate.reference_dset={value}: {path} holds neither data.jsonl nor an "
                                 "evaluate/ split.")
-    from ..train import CONFIG_DIR
     config = CONFIG_DIR / 'dset' / f'{value}.yaml'
     if config.exists():
         dset = omegaconf.OmegaConf.load(config)

@@ -26,7 +26,7 @@ from ..io.errors import IntegrityError
 from .feature_cache import BaseFeatureCache
 from .half_storage import check_storage_dtype, store_weights_in
 from .layers import (BranchScale, base_layer_config, build_extension, check_extension_scale,
-                     resolve_layer_config)
+                     check_num_additional_layers, resolve_layer_config)
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +95,8 @@ class ExtendedLMModel(LMModel):
             raise TypeError(f"base_lm must be an audiocraft LMModel, got {type(base_lm).__name__}.")
         if type(base_lm) is not LMModel:
             raise TypeError(f"{type(base_lm).__name__} bases are not supported: only MusicGen's LMModel.")
-        if isinstance(num_additional_layers, bool) or not isinstance(num_additional_layers, int) \
-                or num_additional_layers <= 0:
-            raise ValueError(f"num_additional_layers must be a positive int, got {num_additional_layers!r}.")
         # Validate every argument before touching the base, so a refused call leaves it as it was.
+        check_num_additional_layers(num_additional_layers)
         check_extension_scale(extension_scale)
         base_transformer = base_lm.transformer
         layer_config = resolve_layer_config(base_layer_config(base_transformer), layer_overrides)

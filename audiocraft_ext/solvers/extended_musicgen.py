@@ -31,7 +31,12 @@ from ..io.hashing import weights_hash
 from ..io.solver_checkpoints import plain_state
 from ..models.extended_lm import ExtendedLMModel
 from ..models.extended_musicgen import load_base
-from . import safety, xp_checkpoints
+from ..data.checks import check_datasources, check_manifests
+from ..models.layers import check_extension_scale, check_num_additional_layers
+from . import xp_checkpoints
+from .config_checks import check_generate_durations
+from .nonfinite import NonFiniteStepError, all_ranks_agree_finite, gradients_finite, loss_finite, nonfinite_message
+from .run_lock import RunLock, remove_stale_temporaries, save_checkpoint_atomically
 
 _MISSING_BASE = (
     "pretrained_model_checkpoint is required: the frozen MusicGen to extend. Set it on the command "
@@ -150,8 +155,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
 
     def build_dataloaders(self) -> None:
         self._load_base()
-        safety.check_datasources(self.cfg)
-        safety.check_generate_durations(self.cfg)
+        check_datasources(self.cfg)
+        check_generate_durations(self.cfg)
         each_file_splits = self._size_unsized_splits()
         super().build_dataloaders()
         for split in each_file_splits:
@@ -159,7 +164,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         checks = self.cfg.get('data_checks') or {}
         if checks.get('audio', True) or checks.get('captions', True):
             datasets = {split: get_dataset_from_loader(loader) for split, loader in self.dataloaders.items()}
-            count = safety.check_manifests(datasets, audio=checks.get('audio', True),
+            count = check_manifests(datasets, audio=checks.get('audio', True),
                                            captions=checks.get('captions', True) and
                                            self.DATASET_TYPE.name == 'MUSIC')
             self.logger.info("Data checks passed on %d audio files.", count)
@@ -210,8 +215,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         extended = self.cfg.extended_model
         overrides = extended.get('layer_overrides')
         overrides = {} if overrides is None else omegaconf.OmegaConf.to_container(overrides, resolve=True)
-        num_layers, scale = safety.check_extension_config(extended.num_additional_layers,
-                                                          extended.extension_scale)
+        num_layers = check_num_additional_layers(extended.num_additional_layers, 'extended_model.num_additional_layers')
+        scale = check_extension_scale(extended.extension_scale, 'extended_model.extension_scale')
         try:
             self.model: ExtendedLMModel = ExtendedLMModel(
                 lm, num_additional_layers=num_layers, extension_scale=scale, **overrides).to(self.device)
@@ -290,12 +295,12 @@ class ExtendedMusicGenSolver(MusicGenSolver):
     def run(self):
         """AudioCraft's training loop, holding the XP folder's lock (one run per signature)."""
         import flashy
-        lock = safety.RunLock(self.folder) if flashy.distrib.is_rank_zero() else None
+        lock = RunLock(self.folder) if flashy.distrib.is_rank_zero() else None
         if lock is not None:
             lock.acquire()
         try:
             if lock is not None:
-                safety.remove_stale_temporaries(self.folder)
+                remove_stale_temporaries(self.folder)
             return super().run()
         finally:
             if lock is not None:
@@ -329,11 +334,11 @@ class ExtendedMusicGenSolver(MusicGenSolver):
 
     def _check_finite_step(self, optimizer: tp.Any, args: tp.Any, kwargs: tp.Any) -> None:
         """Optimizer pre-step hook: refuse the step if the loss or a gradient is NaN or infinite."""
-        loss_ok = self._step_loss is None or safety.loss_finite(self._step_loss)
-        grads_ok = safety.gradients_finite(self.model.trainable_parameters())
-        if not safety.all_ranks_agree_finite(loss_ok and grads_ok):
+        loss_ok = self._step_loss is None or loss_finite(self._step_loss)
+        grads_ok = gradients_finite(self.model.trainable_parameters())
+        if not all_ranks_agree_finite(loss_ok and grads_ok):
             what = 'loss' if not loss_ok else 'gradients' if not grads_ok else 'loss or gradients on another rank'
-            raise safety.NonFiniteStepError(safety.nonfinite_message(what, self.epoch, self._step_index))
+            raise NonFiniteStepError(nonfinite_message(what, self.epoch, self._step_index))
 
     def run_step(self, idx: int, batch: tp.Any, metrics: dict) -> dict:
         if self.is_training:
@@ -352,13 +357,13 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self._step_index, self._step_loss = idx, None
         try:
             metrics = super().run_step(idx, batch, metrics)
-        except safety.NonFiniteStepError as error:
+        except NonFiniteStepError as error:
             self.optimizer.zero_grad()
             self._skipped_steps += 1
             limit = int(self.cfg.get('skip_nonfinite_steps') or 0)
             if self._skipped_steps > limit:
                 if limit:
-                    raise safety.NonFiniteStepError(f"{error} More than skip_nonfinite_steps={limit} such "
+                    raise NonFiniteStepError(f"{error} More than skip_nonfinite_steps={limit} such "
                                                     "steps in this epoch.") from None
                 raise
             self.logger.warning("%s Skipped (%d of at most %d this epoch).", error, self._skipped_steps, limit)
@@ -366,7 +371,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         except RuntimeError as error:  # float16 GradScaler path: AudioCraft's check after a skipped step
             if str(error) != "Model probably diverged.":
                 raise
-            raise safety.NonFiniteStepError(safety.nonfinite_message('loss', self.epoch, idx)) from None
+            raise NonFiniteStepError(nonfinite_message('loss', self.epoch, idx)) from None
         finally:
             self._step_loss = None
         metrics['skipped'] = 0.0
@@ -395,7 +400,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self.logger.info("Extension hash (rank %d): %s", flashy.distrib.rank(),
                          weights_hash(self.model.extension_state_dict()))
         # Temporary file + fsync + rename (AudioCraft's rename alone does not fsync).
-        with mock.patch('audiocraft.utils.checkpoint._safe_save_checkpoint', safety.save_checkpoint_atomically):
+        with mock.patch('audiocraft.utils.checkpoint._safe_save_checkpoint', save_checkpoint_atomically):
             super().save_checkpoints()
 
     def load_checkpoints(self, load_best: bool = False, ignore_state_keys: tp.List[str] = []) -> tp.Optional[dict]:
@@ -427,25 +432,3 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self.model.eval()
         with torch.no_grad():
             return run_evaluation(self)
-
-    @staticmethod
-    def get_eval_solver_from_sig(sig: str, dtype: tp.Optional[str] = None,
-                                 device: tp.Optional[str] = None, autocast: bool = True,
-                                 batch_size: tp.Optional[int] = None,
-                                 override_cfg: tp.Optional[tp.Union[dict, omegaconf.DictConfig]] = None,
-                                 **kwargs):
-        """Like `MusicGenSolver.get_eval_solver_from_sig`, through `audiocraft_ext.train`."""
-        from .. import train
-        ours: tp.Dict[str, tp.Any] = {'optim': {'ema': {'use': False}}, 'autocast': autocast}
-        if dtype is not None:
-            ours['dtype'] = dtype
-        if device is not None:
-            ours['device'] = device
-        if batch_size is not None:
-            ours['dataset'] = {'batch_size': batch_size}
-        override_cfg = omegaconf.OmegaConf.merge(omegaconf.DictConfig(override_cfg or {}),
-                                                 omegaconf.DictConfig(ours))
-        solver = train.get_solver_from_sig(sig, override_cfg=override_cfg, load_best=True,
-                                           disable_fsdp=True, ignore_state_keys=['optimizer', 'ema'], **kwargs)
-        solver.model.eval()
-        return solver
