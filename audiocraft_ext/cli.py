@@ -49,14 +49,9 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_dora_dir() -> Path:
-    """The Dora folder of `python -m audiocraft_ext.train` without `dora.dir=` (AUDIOCRAFT_EXT_DORA_DIR or /tmp)."""
-    from audiocraft_ext import train
-    return Path(train.main.dora.dir)
-
-
 def _export(args: argparse.Namespace) -> int:
     """A training run -> an extension or AudioCraft's layout; an AudioCraft MusicGen checkpoint -> AudioCraft's layout."""
+    from audiocraft_ext.dora_folder import default_dora_dir
     from audiocraft_ext.io.base_reference import SIG_PREFIX, resolve_base
     from audiocraft_ext.io.destinations import check_destination
     from audiocraft_ext.io.errors import CheckpointError, OverwriteError
@@ -66,7 +61,7 @@ def _export(args: argparse.Namespace) -> int:
     if not source.startswith('//') and not Path(source).exists() and '/' not in source:
         source = SIG_PREFIX + source  # a bare dora signature
     try:
-        run = resolve_base(source, args.dora_dir or _default_dora_dir(), allow_pickle=args.allow_pickle)
+        run = resolve_base(source, args.dora_dir or default_dora_dir(), allow_pickle=args.allow_pickle)
         if run.kind not in ('solver_checkpoint', 'audiocraft_checkpoint'):
             raise CheckpointError(f"{args.source} is not a training run (a {run.kind} base): export takes the "
                                   "checkpoint.th of a training run, its XP folder or //sig/SIG.")

@@ -21,10 +21,10 @@ from pathlib import Path
 import re
 import shlex
 import sys
-import tempfile
 import typing as tp
 
 from . import __version__
+from .io.atomic import atomic_path, atomic_write_text
 from .io.errors import CheckpointError
 
 MAX_SEED = 2 ** 32 - 1
@@ -171,23 +171,10 @@ def regenerate_command(args: argparse.Namespace, caption: str, seed: int, scale:
     return shlex.join(words)
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.tmp-')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_wav(wav, sample_rate: int, path: Path) -> None:
     from audiocraft.data.audio import audio_write
-    stem = path.parent / f'.{path.stem}.tmp-{os.getpid()}'
-    written = audio_write(stem, wav.cpu(), sample_rate, format='wav', **NORMALIZATION)
-    os.replace(written, path)
+    with atomic_path(path) as tmp:
+        audio_write(tmp, wav.cpu(), sample_rate, format='wav', add_suffix=False, **NORMALIZATION)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -225,6 +212,6 @@ def run_generate(args: argparse.Namespace) -> int:
             'audiocraft_ext_version': __version__,
             'command': regenerate_command(args, caption, seed + index, model.extension_scale),
         }
-        _write_atomic_text(path.with_suffix('.json'), json.dumps(settings, indent=2) + '\n')
+        atomic_write_text(path.with_suffix('.json'), json.dumps(settings, indent=2) + '\n')
         print(f"wrote {path}")
     return 0

@@ -10,14 +10,8 @@ from pathlib import Path
 import sys
 import typing as tp
 
+from .dora_folder import default_dora_dir
 from .evaluation.html_report import AUDIO_FORMATS, ReportError
-
-
-def default_dora_dir() -> Path:
-    """`dora.dir` of our config (AUDIOCRAFT_EXT_DORA_DIR, else /tmp/audiocraft_ext_$USER), without Hydra."""
-    from omegaconf import OmegaConf
-    cfg = OmegaConf.load(Path(__file__).resolve().parent / 'configs' / 'config.yaml')
-    return Path(str(cfg.dora.dir)).expanduser()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

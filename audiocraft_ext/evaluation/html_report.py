@@ -17,12 +17,10 @@ evaluation and by the demo; this module only renders it.
 from dataclasses import dataclass
 import json
 import math
-import os
 from pathlib import Path
 import re
 import shutil
 import subprocess
-import tempfile
 import typing as tp
 
 import jinja2
@@ -30,6 +28,7 @@ import numpy as np
 import soundfile
 
 from .. import __version__
+from ..io.atomic import atomic_directory
 
 REPORT_FILE = 'report.html'
 AUDIO_FORMATS = ('wav', 'mp3')
@@ -227,17 +226,6 @@ def _write_rows(rows: tp.Sequence[PromptRow], columns: tp.Sequence[str], folder:
     return groups
 
 
-def _replace_folder(new: Path, folder: Path) -> None:
-    """Put the finished `new` folder at `folder`; the previous one is removed only afterwards."""
-    old = None
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.old-'))
-        os.replace(folder, old / folder.name)
-    os.replace(new, folder)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def write_report(folder: tp.Union[str, Path], title: str, rows: tp.Sequence[PromptRow], metrics: dict,
                  plots: tp.Mapping[str, tp.Optional[Path]], config: tp.Mapping[str, tp.Any],
                  subtitle: str = '', audio_format: str = 'wav') -> Path:
@@ -255,9 +243,7 @@ def write_report(folder: tp.Union[str, Path], title: str, rows: tp.Sequence[Prom
     if audio_format not in AUDIO_FORMATS:
         raise ReportError(f"audio format {audio_format!r} is not supported: use one of {AUDIO_FORMATS}.")
     folder = Path(folder).resolve()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.tmp-'))
-    try:
+    with atomic_directory(folder) as tmp:
         columns = _columns(rows)
         page = {'title': title, 'subtitle': subtitle, 'columns': columns,
                 'groups': _write_rows(rows, columns, tmp, audio_format)}
@@ -273,11 +259,4 @@ def write_report(folder: tp.Union[str, Path], title: str, rows: tp.Sequence[Prom
             page=page, lm_rows=lm_table(metrics), sweep=sweep_table(metrics), audio=audio_table(metrics),
             plots=shown_plots, config=_flatten(config), version=__version__, audio_format=audio_format.upper())
         (tmp / REPORT_FILE).write_text(html, encoding='utf-8')
-        for path in tmp.rglob('*'):
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        os.chmod(tmp, 0o755)
-        _replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder / REPORT_FILE

@@ -49,11 +49,12 @@ def _fsync_directory(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: PathLike) -> tp.Iterator[Path]:
+def atomic_path(path: PathLike, fsync: bool = True) -> tp.Iterator[Path]:
     """Yield a temporary path beside `path` to write; on success it is fsynced and renamed to `path`.
 
     The temporary is created with mode 0o666 minus the umask, like a plain `open(path, 'wb')`.
-    On any error it is removed and `path` is left as it was.
+    On any error it is removed and `path` is left as it was. `fsync=False` (for caches, where a
+    file lost in a crash is only recomputed) skips the flushes to disk.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,18 +62,20 @@ def atomic_path(path: PathLike) -> tp.Iterator[Path]:
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
-        with open(tmp, 'rb+') as file:
-            os.fsync(file.fileno())
+        if fsync:
+            with open(tmp, 'rb+') as file:
+                os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    if fsync:
+        _fsync_directory(path.parent)
 
 
-def atomic_write(path: PathLike, write: tp.Callable[[tp.BinaryIO], tp.Any]) -> Path:
+def atomic_write(path: PathLike, write: tp.Callable[[tp.BinaryIO], tp.Any], fsync: bool = True) -> Path:
     """Call `write(file)` on a temporary file beside `path`, then put it at `path` (`atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, 'wb') as file:
+    with atomic_path(path, fsync) as tmp, open(tmp, 'wb') as file:
         write(file)
     return Path(path)
 

@@ -17,15 +17,14 @@ produced (float32 under autocast too): 4 * D bytes per token.
 """
 import hashlib
 import logging
-import os
 from pathlib import Path
 import typing as tp
-import uuid
 
 import torch
 
 from audiocraft.modules.transformer import StreamingTransformer
 
+from ..io.atomic import atomic_write
 from ..io.hashing import weights_hash
 
 logger = logging.getLogger(__name__)
@@ -104,15 +103,11 @@ class BaseFeatureCache:
             self.writing = False
             return
         path = self.path(key)
-        tmp = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # clone: a row of the batch would otherwise save the whole batch's storage.
-            with open(tmp, 'wb') as file:  # a file object: short record names inside the archive
-                torch.save({'hidden': hidden.detach().cpu().clone()}, file)
-            os.replace(tmp, path)
+            # clone: a row of the batch would otherwise save the whole batch's storage; a file
+            # object: short record names inside the archive; no fsync: a lost entry is a miss.
+            atomic_write(path, lambda file: torch.save({'hidden': hidden.detach().cpu().clone()}, file), fsync=False)
         except OSError as error:  # e.g. disk full: training goes on, without adding entries
-            tmp.unlink(missing_ok=True)
             logger.warning("Cannot write to the feature cache %s (%s): no new entries are added.",
                            self.folder, error)
             self.writing = False
