@@ -160,29 +160,3 @@ def prepare_data(audio_dir: tp.Union[str, Path], out: tp.Union[str, Path],
         with atomic_path(manifests[name]) as tmp:
             save_audio_meta(tmp, sorted(splits[name]))
     return manifests
-
-
-def write_synthetic_audio(audio_dir: tp.Union[str, Path], num_files: int = 8, duration: float = 2.0,
-                          sample_rate: int = 16000, seed: int = 0) -> tp.List[Path]:
-    """Short sine-tone WAVs with a captions.csv (what the debug config and tests train on)."""
-    import numpy as np
-    import soundfile
-    audio_dir = Path(audio_dir)
-    audio_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    moods = ['calm', 'bright', 'dark', 'playful']
-    paths, rows = [], []
-    times = np.arange(int(duration * sample_rate)) / sample_rate
-    for index in range(num_files):
-        pitch = 110.0 * 2 ** (int(rng.integers(0, 24)) / 12)
-        wav = 0.3 * np.sin(2 * np.pi * pitch * times) * np.minimum(1.0, 8 * (duration - times))
-        path = audio_dir / f'tone_{index:03d}.wav'
-        soundfile.write(path, wav.astype(np.float32), sample_rate)
-        paths.append(path)
-        rows.append({'file': path.name, 'description': f'a {moods[index % 4]} sine tone at {pitch:.0f} hz',
-                     'genre': 'synthetic', 'moods': moods[index % 4], 'keywords': 'sine, tone'})
-    with open(audio_dir / 'captions.csv', 'w', newline='', encoding='utf-8') as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return paths
