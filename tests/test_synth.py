@@ -191,6 +191,35 @@ def test_same_seed_same_bytes_other_seed_other_audio(tmp_path, dataset):
     assert all(first[name] != (other / name).read_bytes() for name in wavs)
 
 
+def test_a_failed_write_leaves_every_file_whole(tmp_path, monkeypatch):
+    """The disk fills while the third clip of a rewrite is written: the two clips before it are
+    new and whole, the third is still the old one, and no temporary file is left."""
+    splits_ = (('train', 3), ('valid', 1), ('evaluate', 0), ('generate', 0))
+    synth_dataset.write_dataset(tmp_path, 'new', None, 1.0, SR, seed=0, splits=splits_)
+    before = _files(tmp_path)
+    real_write, calls = soundfile.write, []
+
+    def fill_disk_on_third(file, data, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 3:
+            real_write(file, data[:len(data) // 2], *args, **kwargs)
+            raise OSError('disk full')
+        return real_write(file, data, *args, **kwargs)
+
+    monkeypatch.setattr(soundfile, 'write', fill_disk_on_third)
+    with pytest.raises(OSError, match='disk full'):
+        synth_dataset.write_dataset(tmp_path, 'new', None, 1.0, SR, seed=1, splits=splits_)
+    monkeypatch.undo()
+    after = _files(tmp_path)
+    assert after.keys() == before.keys()
+    train = 'audio/new/train/new_train_{:04d}.wav'
+    assert all(after[train.format(i)] != before[train.format(i)] for i in (0, 1))
+    assert after[train.format(2)] == before[train.format(2)]
+    for name in after:
+        if name.endswith('.wav'):
+            assert soundfile.info(str(tmp_path / name)).frames == SR, name
+
+
 def test_split_sizes_do_not_change_other_splits_clips():
     a = synth_domains.sample_clip_spec('new', synth_domains.keyed_rng(0, 'new', 'train', 2))
     b = synth_domains.sample_clip_spec('new', synth_domains.keyed_rng(0, 'new', 'valid', 2))
