@@ -18,6 +18,11 @@ from pathlib import Path
 import sys
 import typing as tp
 
+from .data.prepare import DataPreparationError, prepare_data
+from .data.splits import SplitSize, split_sizes
+from .data.synth_dataset import DEFAULT_SPLITS, write_dataset, write_tone_folder
+from .data.synth_domains import DOMAINS
+
 
 def _demo(args: argparse.Namespace) -> int:
     """The mission end to end: synthetic data, a trained base, new layers, generation, evaluation."""
@@ -27,11 +32,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _prepare_data(args: argparse.Namespace) -> int:
     """Manifests for train/valid/evaluate/generate + sidecar .json metadata (see data.prepare)."""
-    from audiocraft_ext.data.prepare import DataPreparationError, prepare_data, write_synthetic_audio
     captions = args.captions
     if args.synthetic:
-        write_synthetic_audio(args.audio_dir, num_files=args.synthetic, duration=args.synthetic_duration,
-                              seed=args.seed)
+        write_tone_folder(args.audio_dir, num_files=args.synthetic, duration=args.synthetic_duration,
+                          seed=args.seed)
         captions = captions or str(Path(args.audio_dir) / 'captions.csv')
         print(f"Wrote {args.synthetic} synthetic tones to {args.audio_dir}")
     try:
@@ -46,6 +50,27 @@ def _prepare_data(args: argparse.Namespace) -> int:
         print(f"{split:>9}: {count} files -> {path}")
     print(f"Train with: python -m audiocraft_ext.train solver=extended_musicgen dset=audio/egs "
           f"egs_root={args.out} pretrained_model_checkpoint=...")
+    return 0
+
+
+def _make_synth_data(args: argparse.Namespace) -> int:
+    """The synthetic two-domain dataset (data/synth_dataset.py), one domain or both; prints progress."""
+    splits: tp.List[tp.Tuple[str, SplitSize]] = [('train', 1.0)]
+    for name, _ in DEFAULT_SPLITS[1:]:
+        value = getattr(args, name)
+        splits.append((name, int(value) if value >= 1 else float(value)))
+    domains = list(DOMAINS) if args.domain == 'both' else [args.domain]
+    for domain in domains:
+        def progress(done: int, total: int, domain: str = domain) -> None:
+            end = '\n' if done == total else '\r'
+            print(f"[{domain}] rendered {done}/{total} clips", end=end, flush=True)
+
+        manifests = write_dataset(args.out, domain, args.clips, args.duration, args.sample_rate,
+                                  args.seed, splits, progress=progress)
+        sizes = split_sizes(args.clips, splits)
+        counts = ', '.join(f"{split} {sizes[split]}" for split in manifests)
+        root = Path(args.out).expanduser().resolve() / 'egs' / domain
+        print(f"[{domain}] {counts} -> train with: dset=audio/egs egs_root={root}")
     return 0
 
 
@@ -235,10 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     report_command.add_arguments(report)
     report.set_defaults(func=report_command.run_report)
 
-    from audiocraft_ext.data.synth import add_arguments, run_synth
     synth = commands.add_parser('make-synth-data', help='write the synthetic two-domain captioned dataset (old/new)')
-    add_arguments(synth)
-    synth.set_defaults(func=run_synth)
+    synth.add_argument('--out', required=True, help='dataset root directory')
+    synth.add_argument('--domain', choices=['old', 'new', 'both'], default='both',
+                       help='which domain(s) to write (default: %(default)s)')
+    synth.add_argument('--clips', type=int, default=40,
+                       help='clips per domain over all splits (default: %(default)s)')
+    synth.add_argument('--duration', type=float, default=8.0, help='seconds per clip (default: %(default)s)')
+    synth.add_argument('--seed', type=int, default=0, help='random seed (default: %(default)s)')
+    synth.add_argument('--sample-rate', type=int, default=16000, help='sample rate in Hz (default: %(default)s)')
+    for name, fraction in DEFAULT_SPLITS[1:]:
+        synth.add_argument(f'--{name}', type=float, default=fraction, metavar='N',
+                           help=f'{name} split: a fraction below 1 or a count of clips '
+                                f'(default: {fraction}); train gets the rest')
+    synth.set_defaults(func=_make_synth_data)
     return parser
 
 

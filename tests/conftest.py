@@ -184,9 +184,10 @@ def dora_dir(tmp_path_factory) -> tp.Iterator[Path]:
 @pytest.fixture(scope='module')
 def egs(tmp_path_factory) -> Path:
     """A prepared dataset of 6 synthetic 1.5 s tones with captions (`egs_root=` for `dset=audio/egs`)."""
-    from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
+    from audiocraft_ext.data.prepare import prepare_data
+    from audiocraft_ext.data.synth_dataset import write_tone_folder
     root = tmp_path_factory.mktemp('data')
-    write_synthetic_audio(root / 'audio', num_files=6, duration=1.5)
+    write_tone_folder(root / 'audio', num_files=6, duration=1.5)
     prepare_data(root / 'audio', root / 'egs', captions=root / 'audio' / 'captions.csv')
     return root / 'egs'
 

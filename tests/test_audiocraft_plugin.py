@@ -16,7 +16,8 @@ import tarfile
 import pytest
 import torch
 
-from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
+from audiocraft_ext.data.prepare import prepare_data
+from audiocraft_ext.data.synth_dataset import write_tone_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def test_audiocraft_train_runs_our_solver(exported_bases, tmp_path):
     cache = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'audiocraft-ext' / 'sdist'
     sdist = audiocraft_sdist(cache)
     assert (sdist / 'config' / 'solver' / 'default.yaml').exists()
-    write_synthetic_audio(tmp_path / 'audio', num_files=5, duration=1.5)
+    write_tone_folder(tmp_path / 'audio', num_files=5, duration=1.5)
     prepare_data(tmp_path / 'audio', tmp_path / 'egs', captions=tmp_path / 'audio' / 'captions.csv')
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(sdist), str(ROOT)]), USER=os.environ.get('USER', 'test'),
                AUDIOCRAFT_DORA_DIR=str(tmp_path / 'dora'), PYTHONWARNINGS='ignore')

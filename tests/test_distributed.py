@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
+from audiocraft_ext.data.prepare import prepare_data
+from audiocraft_ext.data.synth_dataset import write_tone_folder
 
 from test_train_entry import run
 
@@ -32,7 +33,7 @@ def test_dora_run_and_two_gloo_processes_match_one(exported_bases, tmp_path):
     single-process one.
     """
     audio = tmp_path / 'audio'
-    write_synthetic_audio(audio, num_files=1, duration=1.0)
+    write_tone_folder(audio, num_files=1, duration=1.0)
     for index in range(1, 4):
         shutil.copy(audio / 'tone_000.wav', audio / f'tone_00{index}.wav')
     (audio / 'captions.csv').write_text('file,description\n' + ''.join(

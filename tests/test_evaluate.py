@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from audiocraft_ext import ExtendedMusicGen, evaluate
-from audiocraft_ext.data.synth import write_dataset
+from audiocraft_ext.data.synth_dataset import write_dataset
 from audiocraft_ext.evaluation import audio_metrics
 from audiocraft_ext.evaluation.report import format_table
 

@@ -245,7 +245,8 @@ def test_a_failure_between_the_two_files_of_an_export_keeps_the_previous_export(
 
 def test_prepare_data_writes_nothing_when_an_input_is_bad(tmp_path, monkeypatch):
     from audiocraft_ext.data import prepare
-    prepare.write_synthetic_audio(tmp_path / 'audio', num_files=5, duration=0.5)
+    from audiocraft_ext.data.synth_dataset import write_tone_folder
+    write_tone_folder(tmp_path / 'audio', num_files=5, duration=0.5)
     sidecar = tmp_path / 'audio' / 'tone_000.json'
     sidecar.write_text(json.dumps({'description': 'kept', 'artist': 'me'}))
     captions = (tmp_path / 'audio' / 'captions.csv').read_text().splitlines()

@@ -18,7 +18,7 @@ import typing as tp
 import pytest
 import torch
 
-from audiocraft_ext.data.prepare import write_synthetic_audio
+from audiocraft_ext.data.synth_dataset import write_tone_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / 'docs' / 'TRAINING.md'
@@ -59,7 +59,7 @@ def succeeded(result: subprocess.CompletedProcess, command: str) -> subprocess.C
 def user_folder(tmp_path_factory) -> Path:
     """What a user starts with: 14 audio files and a captions table in `my_music/`."""
     root = tmp_path_factory.mktemp('quickstart')
-    write_synthetic_audio(root / 'my_music', num_files=14, duration=3.0)
+    write_tone_folder(root / 'my_music', num_files=14, duration=3.0)
     return root
 
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from audiocraft_ext import ExtendedMusicGen, train
-from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
+from audiocraft_ext.data.prepare import prepare_data
+from audiocraft_ext.data.synth_dataset import write_tone_folder
 from audiocraft_ext.io.errors import CheckpointError
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.data.checks import DataCheckError
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures('dora_dir')  # every run here writes to a t
 
 
 def make_egs(root: Path) -> Path:
-    write_synthetic_audio(root / 'audio', num_files=4, duration=1.0)
+    write_tone_folder(root / 'audio', num_files=4, duration=1.0)
     prepare_data(root / 'audio', root / 'egs', captions=root / 'audio' / 'captions.csv')
     return root / 'egs'
 

@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from audiocraft_ext import train
-from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
+from audiocraft_ext.data.prepare import prepare_data
+from audiocraft_ext.data.synth_dataset import write_tone_folder
 
 UPDATES = 16
 
@@ -68,7 +69,7 @@ def reference_run(args: tp.List[str]) -> Path:
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(exported_bases, tmp_path, monkeypatch):
-    write_synthetic_audio(tmp_path / 'audio', num_files=6, duration=1.5)
+    write_tone_folder(tmp_path / 'audio', num_files=6, duration=1.5)
     prepare_data(tmp_path / 'audio', tmp_path / 'egs', captions=tmp_path / 'audio' / 'captions.csv')
     egs = tmp_path / 'egs'
     args = command(exported_bases['text'], egs, tmp_path / 'killed')

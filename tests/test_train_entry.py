@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from audiocraft_ext import cli
-from audiocraft_ext.data.prepare import DataPreparationError, prepare_data, write_synthetic_audio
+from audiocraft_ext.data.prepare import DataPreparationError, prepare_data
+from audiocraft_ext.data.synth_dataset import write_tone_folder
 from audiocraft_ext.train import expand_config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_expand_config_flags():
 
 def test_prepare_data_errors(tmp_path):
     audio = tmp_path / 'audio'
-    write_synthetic_audio(audio, num_files=4, duration=0.5)
+    write_tone_folder(audio, num_files=4, duration=0.5)
     (audio / 'broken.wav').write_bytes(b'not audio at all')
     with pytest.raises(DataPreparationError, match='cannot be read: broken.wav'):
         prepare_data(audio, tmp_path / 'egs', captions=audio / 'captions.csv')

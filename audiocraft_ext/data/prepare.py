@@ -14,12 +14,11 @@ import csv
 import json
 import math
 from pathlib import Path
-import random
 import typing as tp
 
 from ..io.atomic import atomic_path, atomic_write_text
+from .splits import SPLITS, deal, split_sizes
 
-SPLITS = ('train', 'valid', 'evaluate', 'generate')
 AUDIO_EXTENSIONS = ('.wav', '.mp3', '.flac', '.ogg', '.m4a')
 # Every field MusicDataset requires in a sidecar (`info_fields_required`), with empty defaults.
 METADATA_DEFAULTS: tp.Dict[str, tp.Any] = {
@@ -27,6 +26,7 @@ METADATA_DEFAULTS: tp.Dict[str, tp.Any] = {
     'description': '', 'name': '', 'instrument': '',
 }
 LIST_FIELDS = ('moods', 'keywords')
+T = tp.TypeVar('T')
 
 
 class DataPreparationError(ValueError):
@@ -107,21 +107,21 @@ def sidecar_contents(audio_files: tp.Sequence[Path], audio_dir: Path,
     return contents
 
 
-def split_files(files: tp.Sequence[tp.Any], valid: float, evaluate: float, seed: int = 0
-                ) -> tp.Dict[str, tp.List[tp.Any]]:
-    """Deterministic random split; `generate` is the evaluate split (prompts and conditions)."""
-    files = list(files)
-    random.Random(seed).shuffle(files)
-    n_valid = max(1, math.floor(len(files) * valid)) if valid > 0 else 0
-    n_evaluate = max(1, math.floor(len(files) * evaluate)) if evaluate > 0 else 0
-    splits = {'valid': files[:n_valid], 'evaluate': files[n_valid:n_valid + n_evaluate],
-              'train': files[n_valid + n_evaluate:]}
+def split_files(files: tp.Sequence[T], valid: float, evaluate: float, seed: int = 0) -> tp.Dict[str, tp.List[T]]:
+    """Deterministic random split (`splits.deal`), fractions rounded down; `generate` is the evaluate
+    split (prompts and conditions). Every split must get at least one file."""
+    hint = (f"({len(files)} usable audio files, valid={valid}, evaluate={evaluate}). "
+            "Add audio files (at least 3) or change --valid / --evaluate.")
+    fractions = (('train', 1.0), ('valid', float(valid)), ('evaluate', float(evaluate)))
+    try:
+        sizes = split_sizes(len(files), fractions, rounding=math.floor)
+    except ValueError as error:
+        raise DataPreparationError(f"{error} {hint}") from None
+    splits = deal(files, sizes, seed)
     splits['generate'] = list(splits['evaluate'])
-    for name, items in splits.items():
-        if not items:
-            raise DataPreparationError(
-                f"The {name} split is empty ({len(files)} usable audio files, valid={valid}, evaluate={evaluate}). "
-                "Add audio files (at least 3) or change --valid / --evaluate.")
+    for name in SPLITS:
+        if not splits[name]:
+            raise DataPreparationError(f"The {name} split is empty {hint}")
     return splits
 
 
@@ -160,29 +160,3 @@ def prepare_data(audio_dir: tp.Union[str, Path], out: tp.Union[str, Path],
         with atomic_path(manifests[name]) as tmp:
             save_audio_meta(tmp, sorted(splits[name]))
     return manifests
-
-
-def write_synthetic_audio(audio_dir: tp.Union[str, Path], num_files: int = 8, duration: float = 2.0,
-                          sample_rate: int = 16000, seed: int = 0) -> tp.List[Path]:
-    """Short sine-tone WAVs with a captions.csv (what the debug config and tests train on)."""
-    import numpy as np
-    import soundfile
-    audio_dir = Path(audio_dir)
-    audio_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    moods = ['calm', 'bright', 'dark', 'playful']
-    paths, rows = [], []
-    times = np.arange(int(duration * sample_rate)) / sample_rate
-    for index in range(num_files):
-        pitch = 110.0 * 2 ** (int(rng.integers(0, 24)) / 12)
-        wav = 0.3 * np.sin(2 * np.pi * pitch * times) * np.minimum(1.0, 8 * (duration - times))
-        path = audio_dir / f'tone_{index:03d}.wav'
-        soundfile.write(path, wav.astype(np.float32), sample_rate)
-        paths.append(path)
-        rows.append({'file': path.name, 'description': f'a {moods[index % 4]} sine tone at {pitch:.0f} hz',
-                     'genre': 'synthetic', 'moods': moods[index % 4], 'keywords': 'sine, tone'})
-    with open(audio_dir / 'captions.csv', 'w', newline='', encoding='utf-8') as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return paths

@@ -39,7 +39,11 @@ import sys
 import time
 import typing as tp
 
+from ..data.splits import SPLITS
+from ..data.synth_dataset import write_dataset
+from ..data.synth_domains import DOMAINS, SYNTH_VERSION
 from ..evaluation.plots import plot_loss_curves
+from ..io.atomic import atomic_write_text
 from .progress import CondensedLog, Steps, condensed_stderr, format_seconds
 from .report_page import write_demo_report
 
@@ -222,22 +226,20 @@ def read_history(folder: Path) -> tp.List[dict]:
 
 def make_data(cache: Path, sizes: Sizes, seed: int, sample_rate: int, no_cache: bool) -> Path:
     """Both domains (and an `all` manifest for the codec), cached; returns the data root."""
-    from ..data import synth
-    params = {'synth': synth.SYNTH_VERSION, 'clips': sizes.clips, 'duration': sizes.duration,
+    params = {'synth': SYNTH_VERSION, 'clips': sizes.clips, 'duration': sizes.duration,
               'seed': seed, 'sample_rate': sample_rate}
     root = cache / f'data-{_key(params)}'
     if _done(root) and not no_cache:
         return root
     _fresh(root)
-    for domain in synth.DOMAINS:
-        synth.write_dataset(root, domain, num_clips=sizes.clips, duration=sizes.duration,
-                            sample_rate=sample_rate, seed=seed)
-    for split in synth.SPLITS:  # both domains, for the compression model
+    for domain in DOMAINS:
+        write_dataset(root, domain, num_clips=sizes.clips, duration=sizes.duration,
+                      sample_rate=sample_rate, seed=seed)
+    for split in SPLITS:  # both domains, for the compression model
         lines = []
-        for domain in synth.DOMAINS:
+        for domain in DOMAINS:
             lines += (root / 'egs' / domain / split / 'data.jsonl').read_text().splitlines()
-        (root / 'egs' / 'all' / split).mkdir(parents=True, exist_ok=True)
-        (root / 'egs' / 'all' / split / 'data.jsonl').write_text('\n'.join(lines) + '\n')
+        atomic_write_text(root / 'egs' / 'all' / split / 'data.jsonl', '\n'.join(lines) + '\n')
     _mark_done(root, params)
     return root
 

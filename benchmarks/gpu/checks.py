@@ -226,9 +226,10 @@ def debug_dataset(root: Path) -> Path:
     through soundfile.
     """
     import soundfile
-    from audiocraft_ext.data.prepare import prepare_data, write_synthetic_audio
+    from audiocraft_ext.data.prepare import prepare_data
+    from audiocraft_ext.data.synth_dataset import write_tone_folder
     audio = root / 'audio'
-    for path in write_synthetic_audio(audio, num_files=8, duration=1.5):
+    for path in write_tone_folder(audio, num_files=8, duration=1.5):
         wav, sample_rate = soundfile.read(str(path), dtype='float32')
         soundfile.write(str(path.with_suffix('.flac')), wav, sample_rate)
         path.unlink()
