@@ -90,7 +90,7 @@ _TASK: tp.Optional[task_lib.Task] = None
 def _init_worker(cache: str, sizes: dict, threads: int) -> None:
     global _TASK
     torch.set_num_threads(threads)
-    _TASK = task_lib.build_task(Path(cache), task_lib.TaskSizes(**sizes), threads, log=lambda line: None)
+    _TASK = task_lib.build_task(Path(cache), task_lib.TaskSizes(**sizes), log=lambda line: None)
 
 
 def base_scores(task: task_lib.Task) -> tp.Dict[str, float]:
@@ -226,7 +226,7 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> dict:
     torch.set_num_threads(1)
     started = time.time()
     log = lambda line: print(line, flush=True)  # noqa: E731
-    task = task_lib.build_task(Path(args.cache_dir), sizes, 1, log)
+    task = task_lib.build_task(Path(args.cache_dir), sizes, log)
     methods = {m.name: m for m in METHODS}
     if args.methods:
         names = args.methods.split(',')

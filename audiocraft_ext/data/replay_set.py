@@ -120,6 +120,8 @@ def generate_replay_set(lm: torch.nn.Module, prompts: tp.Sequence[str], num_samp
         raise ReplaySetError(f"A replay set needs num_samples >= 1 and at least one frame, got "
                              f"{num_samples} samples of {num_frames} frames.")
     items = [prompts[i % len(prompts)] for i in range(num_samples)]
+    kwargs = settings.as_dict()
+    kwargs['top_k'] = min(kwargs['top_k'], lm.card)  # top-k over all tokens is plain sampling
     was_training = lm.training
     lm.eval()
     chunks = []
@@ -129,7 +131,7 @@ def generate_replay_set(lm: torch.nn.Module, prompts: tp.Sequence[str], num_samp
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + index)
                 codes = lm.generate(None, prompt_attributes(lm, batch_prompts, sample_rate),
-                                    max_gen_len=num_frames, **settings.as_dict())  # [b, K, T]
+                                    max_gen_len=num_frames, **kwargs)  # [b, K, T]
             chunks.append(codes.cpu())
     finally:
         lm.train(was_training)

@@ -32,6 +32,11 @@ Predict = tp.Callable[[torch.Tensor, tp.List[tp.Any], tp.Optional[dict]], tp.Tup
 CrossEntropy = tp.Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tp.Tuple[torch.Tensor, tp.List[torch.Tensor]]]
 
 
+def replay_size(ratio: float, batch_size: int) -> int:
+    """Replay examples that go with a new-domain batch of `batch_size` (at least 1 when `ratio` > 0)."""
+    return max(1, int(round(ratio * batch_size))) if ratio > 0 else 0
+
+
 class ReplayBatch(tp.NamedTuple):
     """Replay examples ready for `compute_predictions`: either `conditions` (attributes, dropped out and
     encoded by `LMModel.forward` as for the new domain) or `condition_tensors` (already encoded)."""
@@ -118,10 +123,6 @@ class ForgettingControl:
         self.ce_weight = float(ce_weight)
         self.distill_weight = float(distill_weight)
 
-    def replay_size(self, batch_size: int) -> int:
-        """Replay examples that go with a new-domain batch of `batch_size` (at least 1)."""
-        return max(1, int(round(self.ratio * batch_size)))
-
     @property
     def needs_base_logits(self) -> bool:
         return self.distill_weight > 0
@@ -134,7 +135,7 @@ class ForgettingControl:
             predict: scores replay codes; returns the base's logits too when `needs_base_logits`.
             cross_entropy: MusicGen's masked cross entropy.
         """
-        replay = self.source.sample(self.replay_size(batch_size), device)
+        replay = self.source.sample(replay_size(self.ratio, batch_size), device)
         output, base_logits = predict(replay.codes, replay.conditions, replay.condition_tensors)
         mask = replay.padding_mask & output.mask  # [n, K, T]
         ce, _ = cross_entropy(output.logits, replay.codes, mask)
@@ -146,3 +147,4 @@ class ForgettingControl:
             loss = loss + self.distill_weight * kl
             metrics['distill_kl'] = kl.detach()
         return loss, metrics
+
