@@ -231,3 +231,9 @@ def test_replay_manifest_that_does_not_exist_is_refused(exported_bases, egs, dor
     with pytest.raises(FileNotFoundError, match='replay.manifest'):
         run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
                 f'egs_root={egs}', f'replay.manifest={tmp_path / "nothing"}'])
+
+
+def test_replay_manifest_with_a_token_cache_write_is_refused(exported_bases, egs, dora_dir, tmp_path):
+    with pytest.raises(ValueError, match='would write replay batches into the token cache'):
+        run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+                f'egs_root={egs}', f'replay.manifest={egs}', 'cache.write=true', f'cache.path={tmp_path / "tokens"}'])

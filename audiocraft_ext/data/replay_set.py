@@ -128,7 +128,7 @@ def generate_replay_set(lm: torch.nn.Module, prompts: tp.Sequence[str], num_samp
     try:
         for index, start in enumerate(range(0, num_samples, batch_size)):
             batch_prompts = items[start:start + batch_size]
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng():  # the caller's random state (CPU and CUDA) is left as it was
                 torch.manual_seed(seed + index)
                 codes = lm.generate(None, prompt_attributes(lm, batch_prompts, sample_rate),
                                     max_gen_len=num_frames, **kwargs)  # [b, K, T]

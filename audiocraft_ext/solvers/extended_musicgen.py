@@ -22,6 +22,7 @@ from pathlib import Path
 import typing as tp
 from unittest import mock
 
+import flashy
 import omegaconf
 import torch
 
@@ -100,6 +101,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self.base_hash: str = ''
         self.forgetting: tp.Optional[ForgettingControl] = None
         self._forgetting_metrics: tp.Dict[str, torch.Tensor] = {}
+        self._epoch_seed = int(cfg.seed)
         replay_config.check_config(cfg)
         if cfg.cache.path and not cfg.cache.write:
             raise NotImplementedError(
@@ -286,6 +288,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         import random
         import numpy as np
         seed = (int(self.cfg.seed) * 1_000_003 + self.epoch) % 2 ** 32
+        self._epoch_seed = seed
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
@@ -298,6 +301,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self._skipped_steps = 0
         if self.forgetting is None:
             self.forgetting = replay_config.build_forgetting_control(self)
+        if self.forgetting is not None:  # replay draws are a function of (seed, epoch, rank) too
+            self.forgetting.source.reseed(self._epoch_seed + 7919 * (flashy.distrib.rank() + 1))
         return super().train()
 
     def _compute_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor,

@@ -65,6 +65,10 @@ class GeneratedReplay:
         self.generator = torch.Generator().manual_seed(seed)
         self.drawn: tp.List[int] = []  # indices of the last batch (tests, logs)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the draws from `seed` (the solver does it every epoch: resumed runs draw the same)."""
+        self.generator.manual_seed(seed)
+
     def sample(self, count: int, device: tp.Any) -> ReplayBatch:
         indices = torch.randint(len(self.replay_set), (count,), generator=self.generator)
         self.drawn = indices.tolist()
@@ -86,6 +90,10 @@ class ManifestReplay:
         self.loader = loader
         self.prepare = prepare
         self._iterator: tp.Optional[tp.Iterator] = None
+
+    def reseed(self, seed: int) -> None:
+        """Start a new pass over the loader (its order comes from torch's global seed, set every epoch)."""
+        self._iterator = None
 
     def _next_batch(self) -> tp.Any:
         if self._iterator is None:
