@@ -44,7 +44,7 @@ from common import DEFAULT_OUT, ensure_out, machine_description, median_and_spre
 import adaptation_task as task_lib  # noqa: E402
 from adaptation_methods import Method, Trainer  # noqa: E402
 
-ALPHAS = (0.25, 0.5, 0.75, 1.0)
+ALPHAS = (0.1, 0.25, 0.5, 0.75, 1.0)
 LEVELS = (0.02, 0.05)
 EXT_LRS = (1e-3, 3e-3, 1e-2)
 LORA_LRS = (1e-3, 3e-3, 1e-2)
@@ -64,8 +64,6 @@ METHODS: tp.Tuple[Method, ...] = (
     Method('ext-L/4+ce', 'extension', EXT_LRS, new_layers=0.25, replay='generated', ratio=0.5, ce_weight=1.0,
            label='ext L/4 + replay(gen) CE'),
     Method('ext-L/4+kl', 'extension', EXT_LRS, new_layers=0.25, **_CONTROL, label='ext L/4 + replay(gen) + KL'),
-    Method('ext-L/4+ce+kl', 'extension', EXT_LRS, new_layers=0.25, replay='generated', ratio=0.5, ce_weight=1.0,
-           distill=1.0, label='ext L/4 + replay(gen) CE + KL'),
     Method('ext-L/4+kl w3', 'extension', EXT_LRS, new_layers=0.25, **{**_CONTROL, 'distill': 3.0},
            label='ext L/4 + replay(gen) + KL x3'),
     Method('ext-L/4+kl r.25', 'extension', EXT_LRS, new_layers=0.25, **{**_CONTROL, 'ratio': 0.25},

@@ -237,3 +237,15 @@ def test_replay_manifest_with_a_token_cache_write_is_refused(exported_bases, egs
     with pytest.raises(ValueError, match='would write replay batches into the token cache'):
         run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
                 f'egs_root={egs}', f'replay.manifest={egs}', 'cache.write=true', f'cache.path={tmp_path / "tokens"}'])
+
+
+def test_solver_with_own_prompts_and_with_replay_off(exported_bases, egs, dora_dir, tmp_path):
+    prompts = tmp_path / 'my_prompts.txt'
+    prompts.write_text('# captions like the base was trained on\nsoft piano, 70 bpm\nfast drums, 140 bpm\n')
+    common = ['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+              f'egs_root={egs}', f'replay.cache_dir={tmp_path / "replay"}', 'evaluate.every=100', 'generate.every=100']
+    _, solver = run_xp([*common, f'replay.prompts={prompts}'])
+    assert set(solver.forgetting.source.replay_set.prompts) == {'soft piano, 70 bpm', 'fast drums, 140 bpm'}
+    _, solver = run_xp([*common, 'replay.ratio=0'])
+    assert solver.forgetting is None
+    assert 'replay_ce' not in solver.history[-1]['train'] and 'distill_kl' not in solver.history[-1]['train']
