@@ -13,6 +13,10 @@ between the base and the trained state (the trade-off curve).
   disabled (`disable_adapter()`): its cost is in the step.
 - **extension**: `ExtendedLMModel` (N new layers on the frozen base); the KL target comes from the
   same forward (`compute_predictions_with_base`). Curve: `extension_scale`.
+- **extension reading a learned mix of the base's states** (a lever, here only): the new layers'
+  input is h_L + sum_i w_i * layer_norm(h_i) over the outputs h_i of base layers 1 .. L-1, with
+  one weight vector w_i [D] per layer starting at 0 (the identity at step 0). Curve:
+  `extension_scale` and the mix scaled together.
 
 Every method's step is the same: a new-domain batch (conditions dropped out as in MusicGenSolver),
 MusicGen's masked cross entropy, plus the forgetting control's terms when the method has one
@@ -31,7 +35,7 @@ from audiocraft.solvers import builders
 from audiocraft.solvers.musicgen import MusicGenSolver
 
 from audiocraft_ext.data.replay_set import ReplaySet
-from audiocraft_ext.models.extended_lm import ExtendedLMModel
+from audiocraft_ext.models.extended_lm import ExtendedLMModel, FrozenBaseWithExtension
 from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay
 
 from common import storage_bytes
@@ -47,7 +51,7 @@ class Method:
 
     Args:
         name: short id.
-        family: 'full', 'lora' or 'extension'.
+        family: 'full', 'lora', 'extension' or 'extension+mix'.
         lrs: learning-rate grid (chosen on new-domain validation).
         rank: LoRA rank.
         new_layers: N as a fraction of the base's L (extension).
@@ -161,14 +165,59 @@ class Extension(Adapted):
         self.lm.extension_scale = alpha
 
 
+class StateMix(torch.nn.Module):
+    """h_L + scale * sum_i w_i * layer_norm(h_i); w [L - 1, D] starts at 0."""
+    def __init__(self, num_states: int, dim: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(num_states, dim))
+        self.scale = 1.0
+
+    def forward(self, last: torch.Tensor, states: tp.List[torch.Tensor]) -> torch.Tensor:
+        mix = sum(w * torch.nn.functional.layer_norm(h, h.shape[-1:]) for w, h in zip(self.weight, states))
+        return last + self.scale * mix
+
+
+class MixedBaseWithExtension(FrozenBaseWithExtension):
+    """`FrozenBaseWithExtension` whose new layers read a learned mix of the base's layer outputs."""
+    def __init__(self, frozen: FrozenBaseWithExtension):
+        super().__init__(frozen.base, frozen.extension)
+        dim = frozen.base.layers[0].linear1.in_features
+        self.mix = StateMix(len(frozen.base.layers) - 1, dim)
+        self._states: tp.List[torch.Tensor] = []
+        for layer in frozen.base.layers[:-1]:
+            layer.register_forward_hook(lambda module, args, output: self._states.append(output))
+
+    def forward(self, x, cross_attention_src=None, src_mask=None):
+        self._states = []
+        with torch.no_grad():
+            hidden = self.base(x, cross_attention_src=cross_attention_src, src_mask=src_mask)  # [B, S, D]
+        states, self._states = self._states, []
+        cross = cross_attention_src if self.extension.layers[0].cross_attention is not None else None
+        extended = self.extension(self.mix(hidden, states), cross_attention_src=cross)
+        return torch.cat([extended, hidden], dim=0) if self.with_base_output else extended
+
+
+class MixedExtension(Extension):
+    def __init__(self, base_lm: LMModel, num_layers: int, ffn_scale: float):
+        super().__init__(base_lm, num_layers, ffn_scale)
+        self.lm.transformer = MixedBaseWithExtension(self.lm.transformer)
+        self.lm.train()
+        self.params = self.lm.trainable_parameters()
+
+    def set_strength(self, alpha: float) -> None:
+        self.lm.extension_scale = alpha
+        self.lm.transformer.mix.scale = alpha
+
+
 def build_adapted(method: Method, base_lm: LMModel) -> Adapted:
     if method.family == 'full':
         return FullFineTuning(base_lm)
     if method.family == 'lora':
         return LoRA(base_lm, method.rank)
-    if method.family == 'extension':
+    if method.family in ('extension', 'extension+mix'):
         num_layers = max(1, int(round(method.new_layers * len(base_lm.transformer.layers))))
-        return Extension(base_lm, num_layers, method.ffn_scale)
+        build = Extension if method.family == 'extension' else MixedExtension
+        return build(base_lm, num_layers, method.ffn_scale)
     raise ValueError(f"Unknown family {method.family!r}")
 
 

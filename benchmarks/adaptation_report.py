@@ -73,7 +73,7 @@ def plot_curves(report: dict, path: Path) -> Path:
         ax.set_prop_cycle(color=colours)
         for name in names:
             curve = methods[name]['curve']
-            style = '--' if methods[name]['method']['family'] != 'extension' else '-'
+            style = '-' if methods[name]['method']['family'].startswith('extension') else '--'
             ax.plot([p[0] for p in curve], [p[1] for p in curve], style, marker='o', markersize=3,
                     label=methods[name]['label'])
         for level in LEVELS:

@@ -44,7 +44,7 @@ from common import DEFAULT_OUT, ensure_out, machine_description, median_and_spre
 import adaptation_task as task_lib  # noqa: E402
 from adaptation_methods import Method, Trainer  # noqa: E402
 
-ALPHAS = (0.1, 0.25, 0.5, 0.75, 1.0)
+ALPHAS = (0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 LEVELS = (0.02, 0.05)
 EXT_LRS = (1e-3, 3e-3, 1e-2)
 LORA_LRS = (1e-3, 3e-3, 1e-2)
@@ -73,6 +73,8 @@ METHODS: tp.Tuple[Method, ...] = (
     Method('ext-L/2+kl', 'extension', EXT_LRS, new_layers=0.5, **_CONTROL, label='ext L/2 + replay(gen) + KL'),
     Method('ext-L/4 wide+kl', 'extension', EXT_LRS, new_layers=0.25, ffn_scale=2.0, **_CONTROL,
            label='ext L/4 FFN x2 + replay(gen) + KL'),
+    Method('ext-L/4 mix+kl', 'extension+mix', EXT_LRS, new_layers=0.25, **_CONTROL,
+           label='ext L/4 state mix + replay(gen) + KL'),
     Method('ext-L/4+kl warm0', 'extension', EXT_LRS, new_layers=0.25, warmup=0.0, **_CONTROL,
            label='ext L/4 + replay(gen) + KL, no warm-up'),
 )
@@ -135,7 +137,8 @@ class InProcess:
 
 
 def job_id(job: dict) -> str:
-    return json.dumps({k: job[k] for k in ('task', 'method', 'lr', 'seed', 'steps', 'batch_size')}, sort_keys=True)
+    return json.dumps({k: job[k] for k in ('task', 'method', 'lr', 'seed', 'steps', 'batch_size', 'alphas')},
+                      sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -245,7 +248,7 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> dict:
         for line in record_path.read_text().splitlines():
             record = json.loads(line)
             records[job_id(record)] = record
-    common = {'task': task.key, 'steps': steps, 'batch_size': batch_size}
+    common = {'task': task.key, 'steps': steps, 'batch_size': batch_size, 'alphas': list(ALPHAS)}
     if args.workers > 0:
         pool: tp.Any = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context('spawn'),
                                            initializer=_init_worker, initargs=(args.cache_dir, asdict(sizes), 1))

@@ -342,8 +342,10 @@ def _allow_short_training_segments(state_dict_file: Path, max_duration: float = 
 
 
 def mission_argv(base: str, data: Path, dora_dir: Path, sizes: Sizes, args: argparse.Namespace) -> tp.List[str]:
-    """The overrides of `python -m audiocraft_ext.train` for the mission (small CPU sizes)."""
+    """The overrides of `python -m audiocraft_ext.train` for the mission (small CPU sizes; the forgetting
+    control's defaults, its replay set kept in the demo's cache)."""
     return ['--config=solver/extended_musicgen', f'pretrained_model_checkpoint={base}', 'dset=audio/egs',
+            f'replay.cache_dir={Path(args.cache_dir).expanduser().resolve() / "replay"}',
             f'egs_root={data / "egs" / "new"}', f'dora.dir={dora_dir}', *_common_overrides(args, sizes),
             f'extended_model.num_additional_layers={sizes.new_layers}',
             f'dataset.segment_duration={sizes.segment}', 'dataset.min_segment_ratio=0.8',
