@@ -25,6 +25,7 @@ at 1.0, AdamW (MusicGen's betas and weight decay), AudioCraft's cosine schedule 
 """
 import copy
 from dataclasses import dataclass, field
+import tempfile
 import typing as tp
 
 import peft
@@ -36,7 +37,8 @@ from audiocraft.solvers.musicgen import MusicGenSolver
 
 from audiocraft_ext.data.replay_set import ReplaySet
 from audiocraft_ext.models.extended_lm import ExtendedLMModel, FrozenBaseWithExtension
-from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay
+from audiocraft_ext.models.feature_cache import BaseFeatureCache
+from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict
 
 from common import storage_bytes
 from adaptation_task import SAMPLE_RATE, Codes, Task, attributes, cosine_schedule, optim_config, seed_condition_dropouts
@@ -61,6 +63,8 @@ class Method:
         ratio, ce_weight, distill: forgetting control (see `ForgettingControl`).
         warmup: warm-up steps as a fraction of the steps.
         steps_scale: optimizer steps as a multiple of the common number (levers only).
+        cache_replay: the base's output on replay examples read from a feature cache (exact:
+            the same training; a replay example then costs the new layers and heads only).
     """
     name: str
     family: str
@@ -74,6 +78,7 @@ class Method:
     distill: float = 0.0
     warmup: float = 0.1
     steps_scale: float = 1.0
+    cache_replay: bool = False
     label: str = ''
 
 
@@ -247,6 +252,12 @@ class Trainer:
                 self.task.codes['old']['train'].codes, self.task.codes['old']['train'].captions)
             source = GeneratedReplay(source_set, self.adapted.lm, SAMPLE_RATE, seed=self.seed + 1)
             self.control = ForgettingControl(source, self.method.ratio, self.method.ce_weight, self.method.distill)
+        self.predict = self.adapted.predict
+        if self.method.cache_replay:
+            assert isinstance(self.adapted, Extension), "the feature cache is the extension's"
+            self._cache_dir = tempfile.TemporaryDirectory(prefix='bench_adaptation_cache_')
+            self.feature_cache = BaseFeatureCache(self._cache_dir.name, self.adapted.lm.base_transformer)
+            self.predict = replay_predict(self.adapted.lm, self.feature_cache)
 
     def step(self) -> float:
         lm = self.adapted.lm
@@ -257,7 +268,7 @@ class Trainer:
         ce, _ = musicgen_cross_entropy(output.logits, codes, output.mask)
         loss = ce
         if self.control is not None:
-            extra, _ = self.control.loss(self.adapted.predict, musicgen_cross_entropy, self.batch_size, 'cpu')
+            extra, _ = self.control.loss(self.predict, musicgen_cross_entropy, self.batch_size, 'cpu')
             loss = loss + extra
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.adapted.params, 1.0)

@@ -79,7 +79,9 @@ METHODS: tp.Tuple[Method, ...] = (
            label='ext L/4 + replay(gen) + KL, no warm-up'),
 )
 # Levers run at the learning rate chosen for another method (no grid of their own).
-DERIVED = {'ext-L/4+kl x1.5 steps': ('ext-L/4+kl', dict(steps_scale=1.5, label='ext L/4 + replay(gen) + KL, 1.5x steps'))}
+DERIVED = {'ext-L/4+kl x1.5 steps': ('ext-L/4+kl', dict(steps_scale=1.5, label='ext L/4 + replay(gen) + KL, 1.5x steps')),
+           'ext-L/4+kl x2 steps': ('ext-L/4+kl', dict(steps_scale=2.0, label='ext L/4 + replay(gen) + KL, 2x steps')),
+           'ext-L/4+kl cached': ('ext-L/4+kl', dict(cache_replay=True, label='ext L/4 + replay(gen) + KL, cached base'))}
 
 # ------------------------------------------------------------------------------------------
 # One run (in a worker process)
@@ -166,12 +168,14 @@ def gain_at_forgetting(points: tp.Sequence[tp.Tuple[float, float]], level: float
 # Step cost
 
 def measure_steps(task: task_lib.Task, methods: tp.Dict[str, Method], lrs: tp.Dict[str, float], steps: int,
-                  batch_size: int, repeats: int) -> tp.Dict[str, dict]:
+                  batch_size: int, repeats: int, cache_warmup: int) -> tp.Dict[str, dict]:
     """Step CPU time (interleaved rounds), peak memory, trainable parameters of every method."""
     trainers = {name: Trainer(method, task, lrs[name], 0, steps, batch_size) for name, method in methods.items()}
-    for trainer in trainers.values():  # warm-up (optimizer state allocated)
-        trainer.step()
-        trainer.step()
+    for trainer in trainers.values():  # warm-up (optimizer state allocated; replay feature caches filled)
+        for _ in range(cache_warmup if trainer.method.cache_replay else 2):
+            trainer.step()
+        if trainer.method.cache_replay:
+            trainer.feature_cache.take_counts()
     times: tp.Dict[str, tp.List[float]] = {name: [] for name in trainers}
     walls: tp.Dict[str, tp.List[float]] = {name: [] for name in trainers}
     ratios: tp.Dict[str, tp.List[float]] = {name: [] for name in trainers}
@@ -193,6 +197,9 @@ def measure_steps(task: task_lib.Task, methods: tp.Dict[str, Method], lrs: tp.Di
                      'ratio_range': [min(ratios[name]), max(ratios[name])],
                      'peak_bytes': trainer.resident_bytes() + peak_step_bytes(trainer.step, 'cpu'),
                      'trainable': sum(p.numel() for p in trainer.adapted.params)}
+        if trainer.method.cache_replay:
+            hits, misses = trainer.feature_cache.take_counts()
+            out[name]['replay_cache_hits'] = hits / max(1, hits + misses)
     return out
 
 
@@ -287,12 +294,14 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> dict:
              for name in all_methods}
     load = os.getloadavg()
     log(f"timing {len(all_methods)} methods, {repeats} interleaved rounds (load average {load[0]:.1f})")
-    timing_methods = {name: m for name, m in all_methods.items() if name not in derived}  # same step
+    timing_methods = {name: m for name, m in all_methods.items()
+                      if name not in derived or m.cache_replay}  # the other derived ones: the same step
     if 'full' not in timing_methods:
         timing_methods = {'full': Method('full', 'full', FULL_LRS), **timing_methods}
         chosen.setdefault('full', FULL_LRS[1])
-    timing = measure_steps(task, timing_methods, chosen, steps, batch_size, repeats)
-    timing.update({name: timing[source] for name, (source, _) in derived.items()})
+    timing = measure_steps(task, timing_methods, chosen, steps, batch_size, repeats,
+                           cache_warmup=10 if args.quick else 150)
+    timing.update({name: timing[source] for name, (source, _) in derived.items() if name not in timing})
     results = summarise(final, base, chosen, grid, timing, all_methods)
     info = {'machine': machine_description('cpu'), 'load_before_timing': load, 'load_after': os.getloadavg(),
             'sizes': asdict(sizes), 'steps': steps, 'batch_size': batch_size, 'seeds': args.seeds,

@@ -16,6 +16,10 @@ costs the output heads only. The step's loss is
     ce(new) + replay.ce_weight * ce(replay) + distill.weight * kl(replay)
 
 and its cost grows with the number of replay examples (about `1 + replay.ratio` times a plain step).
+Replay examples come back again and again (a few dozen generations, or a fixed old-domain set
+at fixed segments), so the frozen base's output on them can be read from a feature cache
+(`replay_predict` with a `BaseFeatureCache`, `replay.feature_cache=true`): exact, and a replay
+example then costs the new layers and the heads only.
 """
 import typing as tp
 
@@ -25,6 +29,8 @@ from audiocraft.models.lm import LMOutput
 
 from ..data.replay_set import ReplaySet, prompt_attributes
 from ..models.distillation import kl_from_base
+from ..models.extended_lm import ExtendedLMModel
+from ..models.feature_cache import BaseFeatureCache
 
 # (codes [n, K, T], conditions, condition_tensors) -> (LMOutput, base logits [n, K, T, card] or None)
 Predict = tp.Callable[[torch.Tensor, tp.List[tp.Any], tp.Optional[dict]], tp.Tuple[LMOutput, tp.Optional[torch.Tensor]]]
@@ -35,6 +41,20 @@ CrossEntropy = tp.Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tp.Tuple[
 def replay_size(ratio: float, batch_size: int) -> int:
     """Replay examples that go with a new-domain batch of `batch_size` (at least 1 when `ratio` > 0)."""
     return max(1, int(round(ratio * batch_size))) if ratio > 0 else 0
+
+
+def replay_predict(model: ExtendedLMModel, feature_cache: tp.Optional[BaseFeatureCache] = None) -> Predict:
+    """`model.compute_predictions_with_base`, reading the base's output on replay examples from
+    `feature_cache` when given (only for these calls: the model's own cache setting is restored)."""
+    def predict(codes: torch.Tensor, conditions: tp.List[tp.Any], condition_tensors: tp.Optional[dict]):
+        transformer = model.transformer
+        previous = transformer.feature_cache
+        transformer.feature_cache = feature_cache or previous
+        try:
+            return model.compute_predictions_with_base(codes, conditions, condition_tensors)
+        finally:
+            transformer.feature_cache = previous
+    return predict
 
 
 class ReplayBatch(tp.NamedTuple):
