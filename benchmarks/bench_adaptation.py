@@ -139,8 +139,11 @@ class InProcess:
 
 
 def job_id(job: dict) -> str:
-    return json.dumps({k: job[k] for k in ('task', 'method', 'lr', 'seed', 'steps', 'batch_size', 'alphas')},
-                      sort_keys=True)
+    """What makes a run; Method fields at their defaults are left out, so adding a field keeps old records."""
+    defaults = asdict(Method('', '', ()))
+    method = {k: v for k, v in job['method'].items() if k in ('name', 'family', 'lrs') or v != defaults.get(k)}
+    return json.dumps({**{k: job[k] for k in ('task', 'lr', 'seed', 'steps', 'batch_size', 'alphas')},
+                       'method': method}, sort_keys=True, default=list)
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from audiocraft_ext.data.replay_set import (DEFAULT_PROMPTS, GenerationSettings,
                                             replay_set_key)
 from audiocraft_ext.models.checkpoints import weights_hash
 from audiocraft_ext.models.tiny import build_tiny_musicgen
-from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay
+from audiocraft_ext.models.feature_cache import BaseFeatureCache
+from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict
 
 from conftest import run_xp
 
@@ -175,6 +176,36 @@ def test_distillation_keeps_the_old_domain():
     assert forgetting_distilled < 0.25 * forgetting_plain
 
 
+def test_replay_features_from_the_cache_train_the_same(tmp_path):
+    """The base's output on replay examples read from a feature cache: the same training (up to the float
+    rounding of a smaller batch for the examples missing from it), with hits."""
+    from audiocraft.solvers.musicgen import MusicGenSolver
+    base, replay, _, _ = _tiny_old_and_new()
+    ce_fn = lambda *a: MusicGenSolver._compute_cross_entropy(None, *a)  # noqa: E731
+    trained = []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        lm = ExtendedLMModel(base.lm, 1).train()
+        for module in lm.modules():  # the condition dropouts' own generators, shared with the base
+            if isinstance(getattr(module, 'rng', None), torch.Generator):
+                module.rng.manual_seed(0)
+        cache = BaseFeatureCache(tmp_path, lm.base_transformer) if cached else None
+        optimizer = torch.optim.AdamW(lm.trainable_parameters(), lr=1e-2)
+        small = ReplaySet(replay.codes[:3], replay.prompts[:3])  # 3 examples: they come back at once
+        control = ForgettingControl(GeneratedReplay(small, lm, 16000, seed=0), 1.0, 0.0, 1.0)
+        for _ in range(6):
+            loss, _ = control.loss(replay_predict(lm, cache), ce_fn, 2, 'cpu')
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert lm.transformer.feature_cache is None  # only the replay calls used it
+        trained.append(lm.extension_state_dict())
+        if cached:
+            assert cache.hits > 0 and cache.misses > 0
+    for key, value in trained[0].items():
+        torch.testing.assert_close(trained[1][key], value, rtol=1e-3, atol=1e-5)  # batch-size rounding
+
+
 # ---- through the solver, with the default config keys -----------------------------------------
 
 def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, dora_dir, tmp_path):
@@ -187,14 +218,15 @@ def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, 
     cfg = solver.cfg
     assert control.ratio == cfg.replay.ratio and control.distill_weight == cfg.distill.weight
     assert control.ce_weight == cfg.replay.ce_weight
-    sets = list(cache.iterdir())
+    sets = [folder for folder in cache.iterdir() if folder.name != 'features']
     assert len(sets) == 1
     stored = load_replay_set(sets[0])
     assert len(stored) == cfg.replay.num_samples
     assert stored.codes.shape[-1] == int(cfg.replay.duration * solver.compression_model.frame_rate)
     assert len(control.source.replay_set) == cfg.replay.num_samples - cfg.replay.holdout
     train = solver.history[-1]['train']
-    assert {'replay_ce', 'distill_kl', 'loss', 'ce'} <= set(train)
+    assert {'replay_ce', 'distill_kl', 'loss', 'ce', 'replay_cache_hits'} <= set(train)
+    assert cfg.replay.feature_cache and list((cache / 'features').rglob('*.pt'))
     expected = train['ce'] + cfg.replay.ce_weight * train['replay_ce'] + cfg.distill.weight * train['distill_kl']
     assert train['loss'] == pytest.approx(expected, rel=1e-4)
     # No reference_dset: forgetting is measured on the held-out generations, and the report says so.

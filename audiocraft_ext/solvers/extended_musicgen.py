@@ -31,8 +31,9 @@ from audiocraft.solvers.musicgen import MusicGenSolver
 
 from ..models.checkpoints import weights_hash
 from ..models.extended_lm import ExtendedLMModel
+from ..models.feature_cache import BaseFeatureCache
 from . import replay_config, safety, xp_checkpoints
-from .replay import ForgettingControl
+from .replay import ForgettingControl, Predict, replay_predict
 from .xp_checkpoints import SIG_PREFIX, SOLVER_CHECKPOINT_FORMAT, TINY_PREFIX
 
 _MISSING_BASE = (
@@ -100,6 +101,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self.base_reference: str = ''
         self.base_hash: str = ''
         self.forgetting: tp.Optional[ForgettingControl] = None
+        self._replay_cache: tp.Optional[BaseFeatureCache] = None
+        self._replay_predict: tp.Optional[Predict] = None
         self._forgetting_metrics: tp.Dict[str, torch.Tensor] = {}
         self._epoch_seed = int(cfg.seed)
         replay_config.check_config(cfg)
@@ -301,6 +304,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self._skipped_steps = 0
         if self.forgetting is None:
             self.forgetting = replay_config.build_forgetting_control(self)
+            self._replay_cache = replay_config.replay_feature_cache(self)
+            self._replay_predict = replay_predict(self.model, self._replay_cache)
         if self.forgetting is not None:  # replay draws are a function of (seed, epoch, rank) too
             self.forgetting.source.reseed(self._epoch_seed + 7919 * (flashy.distrib.rank() + 1))
         return super().train()
@@ -317,10 +322,13 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             return ce, ce_per_codebook
         loss = ce
         if self.forgetting is not None:
-            extra, parts = self.forgetting.loss(self.model.compute_predictions_with_base, self._musicgen_cross_entropy,
+            extra, parts = self.forgetting.loss(self._replay_predict, self._musicgen_cross_entropy,
                                                 targets.shape[0], self.device)
             loss = ce + extra
             self._forgetting_metrics = {'ce': ce.detach(), 'loss': loss.detach(), **parts}
+            if self._replay_cache is not None:
+                hits, misses = self._replay_cache.take_counts()
+                self._forgetting_metrics['replay_cache_hits'] = torch.tensor(hits / max(1, hits + misses))
         self._step_loss = loss
         return loss, ce_per_codebook
 

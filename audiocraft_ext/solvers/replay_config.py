@@ -19,6 +19,7 @@ from audiocraft.solvers import builders
 from ..data.replay_set import (DEFAULT_CACHE, GenerationSettings, ReplaySet, cached_replay_set, prompt_attributes,
                                read_prompts)
 from ..evaluation.lm_metrics import extension_scale
+from ..models.feature_cache import BaseFeatureCache
 from .replay import ForgettingControl, GeneratedReplay, ManifestReplay, replay_size
 
 
@@ -104,6 +105,20 @@ def resolve_replay_manifest(value: str) -> str:
     raise FileNotFoundError(f"replay.manifest={value}: {path} is neither a manifest folder (data.jsonl) nor an egs "
                             "root with a train/ split. Point it at your old-domain data, or set replay.manifest=null "
                             "to replay the base's own generations.")
+
+
+def replay_feature_cache(solver) -> tp.Optional[BaseFeatureCache]:
+    """The cache of the base's output on replay examples (`replay.feature_cache`), or None when off
+    or when `feature_cache.path` already caches every batch."""
+    cfg = solver.cfg
+    if not cfg.replay.get('feature_cache') or float(cfg.replay.ratio) == 0 or solver.model.transformer.feature_cache:
+        return None
+    root = _absolute(cfg.replay.cache_dir) if cfg.replay.cache_dir else DEFAULT_CACHE
+    max_gb = (cfg.get('feature_cache') or {}).get('max_gb')
+    cache = BaseFeatureCache(root / 'features', solver.model.base_transformer,
+                             None if max_gb is None else int(float(max_gb) * 2 ** 30))
+    solver.logger.info("Replay examples: the frozen base's outputs cached in %s", cache.folder)
+    return cache
 
 
 def build_forgetting_control(solver) -> tp.Optional[ForgettingControl]:
