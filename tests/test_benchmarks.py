@@ -34,3 +34,29 @@ def test_bench_training_variants_on_tiny_shapes(tmp_path, monkeypatch):
     assert results['info']['disk_cache_hit_rate'] == 1.0
     report = (tmp_path / 'bench_training.txt').read_text()
     assert 'peak memory: extended + float16 base + checkpointing' in report
+
+
+def test_bench_adaptation_quick_runs_every_method(tmp_path, monkeypatch):
+    """`python benchmarks/bench_adaptation.py --quick` end to end (no timing or quality is checked)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_adaptation
+    report = bench_adaptation.main(['--quick', '--workers', '0', '--cache-dir', str(tmp_path / 'cache'),
+                                    '--out', str(tmp_path / 'out')])
+    methods = report['methods']
+    assert set(methods) == {m.name for m in bench_adaptation.METHODS} | set(bench_adaptation.DERIVED)
+    sizes = report['info']['sizes']
+    dim, layers = sizes['dim'], sizes['layers']
+    for name, result in methods.items():
+        assert result['curve'][0] == [0.0, 0.0]  # strength 0 is the base for every method
+        assert len(result['curve']) == len(bench_adaptation.ALPHAS) + 1
+        assert len(result['seeds']) == 2 and result['lr'] in result['method']['lrs']
+        assert result['timing']['trainable'] > 0 and result['timing']['peak_bytes'] > 0
+    trainable = {name: result['timing']['trainable'] for name, result in methods.items()}
+    # LoRA covers, in every base layer: self- and cross-attention in_proj_weight ([3D, D], q/k/v fused)
+    # and out_proj, linear1 ([4D, D]) and linear2: r x (4D + 2D + 4D + 2D + 5D + 5D) = 22 r D parameters.
+    assert trainable['lora4'] == 22 * 4 * dim * layers and trainable['lora16'] == 22 * 16 * dim * layers
+    assert trainable['ext-L/4'] < trainable['ext-L/2'] < trainable['ext-L'] < trainable['full']
+    assert trainable['ext-L/4 wide+kl'] > trainable['ext-L/4+kl'] == trainable['ext-L/4']
+    assert (tmp_path / 'out' / 'bench_adaptation.png').read_bytes()[:4] == b'\x89PNG'
+    text = (tmp_path / 'out' / 'bench_adaptation.txt').read_text()
+    assert 'gain@.02' in text and 'LoRA r16 + replay(gen) + KL' in text

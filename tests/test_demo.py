@@ -60,6 +60,10 @@ def test_extended_beats_base_on_new_domain(demo):
     _, summary = demo
     ce = summary['cross_entropy']
     assert ce['new']['extended'] < ce['new']['base']
+    # Both numbers of the summary: gain on the new domain, forgetting on the old one.
+    assert summary['gain_new'] == pytest.approx(ce['new']['base'] - ce['new']['extended'])
+    assert summary['forgetting_old'] == pytest.approx(ce['old']['extended'] - ce['old']['base'])
+    assert summary['forgetting_control']['replay_ratio'] > 0
 
 
 def test_plots_and_model_written(demo):

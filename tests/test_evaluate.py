@@ -238,4 +238,7 @@ def test_command_line_on_a_checkpoint_file(evaluated, data, tmp_path):
     for model_name in ('base', 'extended'):
         assert again['sets']['new'][model_name]['ce'] == pytest.approx(
             report['sets']['new'][model_name]['ce'], rel=1e-5)
-    assert 'reference' not in again['sets'] and again['scale_sweep']['scales'] == [0.0, 1.0]
+    assert again['scale_sweep']['scales'] == [0.0, 1.0]
+    # No reference_dset: forgetting measured on the base's own held-out generations, and said so.
+    assert again['sets']['reference']['source'] == 'generations'
+    assert "the base's own generations" in result.stdout

@@ -22,7 +22,7 @@ import torch
 
 from audiocraft.models import MusicGen
 
-from audiocraft_ext import ExtendedMusicGen, cli, evaluate, train
+from audiocraft_ext import ExtendedMusicGen, cli, evaluate
 from audiocraft_ext.io import extension_files
 from audiocraft_ext.io.errors import CheckpointError, IntegrityError, OverwriteError, UnsafeFileError
 from audiocraft_ext.io.exported_layout import COMPRESSION_FILE, LM_FILE

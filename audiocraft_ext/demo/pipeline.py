@@ -2,7 +2,7 @@
 
 Steps (each printed as `[x/N] name`):
 
-1. **Data**: the synthetic two-domain captioned dataset (`audiocraft_ext.data.synth`): an
+1. **Data**: the synthetic two-domain captioned dataset (`audiocraft_ext.data.synth_dataset`): an
    ``old`` domain (slow major-key pads, organ, flute) and a ``new`` one (fast minor-key plucks,
    square leads, bells, drums), in AudioCraft's layout.
 2. **Compression model**: a tiny 16 kHz EnCodec trained briefly on both domains' audio with
@@ -347,8 +347,10 @@ def _allow_short_training_segments(state_dict_file: Path, max_duration: float = 
 
 
 def mission_argv(base: str, data: Path, dora_dir: Path, sizes: Sizes, args: argparse.Namespace) -> tp.List[str]:
-    """The overrides of `python -m audiocraft_ext.train` for the mission (small CPU sizes)."""
+    """The overrides of `python -m audiocraft_ext.train` for the mission (small CPU sizes; the forgetting
+    control's defaults, its replay set kept in the demo's cache)."""
     return ['--config=solver/extended_musicgen', f'pretrained_model_checkpoint={base}', 'dset=audio/egs',
+            f'replay.cache_dir={Path(args.cache_dir).expanduser().resolve() / "replay"}',
             f'egs_root={data / "egs" / "new"}', f'dora.dir={dora_dir}', *_common_overrides(args, sizes),
             f'extended_model.num_additional_layers={sizes.new_layers}',
             f'dataset.segment_duration={sizes.segment}', 'dataset.min_segment_ratio=0.8',
@@ -519,6 +521,10 @@ def run_demo(args: argparse.Namespace) -> int:
         'trainable_fraction': generation['trainable'] / generation['total'],
         'training_wall_s': timing['wall_s'], 'training_s': timing['work_s'],
         'cross_entropy': ce, 'metrics': str(out / 'metrics.json'),
+        # nats per token on held-out clips: what the new domain gained, what the old one lost
+        'gain_new': ce['new']['base'] - ce['new']['extended'],
+        'forgetting_old': ce['old']['extended'] - ce['old']['base'],
+        'forgetting_control': forgetting_control_defaults(),
         'clips': generation['clips'], 'clip_duration': generation['duration'],
         'generation_params': generation['generation_params'], 'data': str(data),
         'plots': {'loss_curves': str(loss_plot), 'scale_sweep': sweep_plot},
@@ -530,10 +536,20 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def forgetting_control_defaults() -> tp.Dict[str, tp.Any]:
+    """The `replay.*` / `distill.*` defaults of solver/extended_musicgen.yaml, which the mission uses."""
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create(_config_text('extended_musicgen'))
+    return {'replay_ratio': float(cfg.replay.ratio), 'replay_source': 'manifest' if cfg.replay.manifest else
+            "the base's own generations", 'replay_ce_weight': float(cfg.replay.ce_weight),
+            'distill_weight': float(cfg.distill.weight)}
+
+
 def print_summary(summary: dict, generation: dict, steps: Steps) -> None:
     ce = summary['cross_entropy']
     rel = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith('..') else path  # noqa: E731
     base = summary['base']
+    control = summary['forgetting_control']
     base_line = (f"tiny MusicGen, {generation['num_base_layers']} layers, trained on the old domain "
                  f"by MusicGenSolver ({'cached' if base['cached'] else format_seconds(base['train_s'])})"
                  if base['embedded'] else base['reference'])
@@ -551,6 +567,10 @@ def print_summary(summary: dict, generation: dict, steps: Steps) -> None:
         f"  ({ce['new']['extended'] - ce['new']['base']:+.3f})",
         f"    old domain (slow, major, pads/organ/flute)    {ce['old']['base']:6.3f}    {ce['old']['extended']:6.3f}"
         f"  ({ce['old']['extended'] - ce['old']['base']:+.3f})",
+        f"  gain          {summary['gain_new']:+.3f} nats/token on the new domain (base - extended)",
+        f"  forgetting    {summary['forgetting_old']:+.3f} nats/token on the old domain (extended - base)",
+        f"  forgetting control  replay of {control['replay_source']} (ratio {control['replay_ratio']:g}) + KL "
+        f"to the base's logits (weight {control['distill_weight']:g}): the solver's defaults",
         f"  audio         {rel(summary['out'])}/audio/{{extended,base}}/{{new,old}}_*.wav "
         f"({len(summary['clips'])} clips, {generation['duration']:g} s)",
         f"  plots         {rel(summary['plots']['loss_curves'])}",

@@ -70,7 +70,9 @@ class CrossEntropyTotals:
 
 @torch.no_grad()
 def cross_entropy_by_scale(solver, loader: tp.Iterable, scales: tp.Sequence[float],
-                           progress_name: tp.Optional[str] = None) -> tp.Dict[float, tp.Dict[str, tp.Any]]:
+                           progress_name: tp.Optional[str] = None,
+                           prepare: tp.Optional[tp.Callable[[tp.Any], tp.Tuple[dict, torch.Tensor, torch.Tensor]]] = None
+                           ) -> tp.Dict[float, tp.Dict[str, tp.Any]]:
     """Score every batch of `loader` with each `extension_scale` in `scales`.
 
     Args:
@@ -78,6 +80,9 @@ def cross_entropy_by_scale(solver, loader: tp.Iterable, scales: tp.Sequence[floa
             tokenises batches exactly as training and validation do).
         loader: batches of (audio, infos), e.g. `solver.dataloaders['evaluate']`.
         scales: the `extension_scale` values (0.0 is the frozen base).
+        prepare: turns a batch into (condition_tensors, codes [B, K, T], padding_mask [B, K, T]);
+            default `solver._prepare_tokens_and_attributes` (audio batches). Batches of codes, e.g.
+            the base's own generations, bring their own.
     Returns:
         {scale: summary}, see `CrossEntropyTotals.summary`.
     """
@@ -87,8 +92,9 @@ def cross_entropy_by_scale(solver, loader: tp.Iterable, scales: tp.Sequence[floa
     model.eval()
     if progress_name is not None:
         loader = solver.log_progress(progress_name, loader, total=len(loader), updates=solver.log_updates)
+    prepare = prepare or solver._prepare_tokens_and_attributes
     for batch in loader:
-        condition_tensors, audio_tokens, padding_mask = solver._prepare_tokens_and_attributes(batch)
+        condition_tensors, audio_tokens, padding_mask = prepare(batch)
         for scale in scales:
             with extension_scale(model, scale), solver.autocast:
                 output = model.compute_predictions(audio_tokens, [], condition_tensors)  # [B, K, T, card]

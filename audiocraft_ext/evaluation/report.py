@@ -11,8 +11,9 @@ writes, under `<xp folder>/<evaluate.output_dir>` (default `evaluation/`):
 Report schema (keys other tools read; more may be added):
 
     {"sig": str, "epoch": int, "checkpoint": str, "extension_scale": float,
-     "sets": {"new": {"base": S, "extended": S, "dataset": str},
-              "reference": {...same, only when evaluate.reference_dset is set}},
+     "sets": {"new": {"base": S, "extended": S, "dataset": str, "source": "manifest"},
+              "reference": {...same; source "manifest" (evaluate.reference_dset) or "generations"
+                            (no reference_dset: the held-out part of the base's own generations)}},
      "scale_sweep": {"scales": [...], "new": [ce, ...], "reference": [ce, ...]},
      "audio": {"base": {metric: value}, "extended": {...}, "reconstruction": {...}, ...},
      "samples_dir": str, "plots": {"scale_sweep": str},
@@ -330,13 +331,18 @@ def run_evaluation(solver) -> tp.Dict[str, float]:
         'base_model': solver.base_reference, 'base_hash': solver.base_hash,
         'extension_scale': configured, 'sets': {}, 'scale_sweep': {'scales': sweep},
     }
-    sets = {'new': (str(cfg.datasource.evaluate), solver.dataloaders['evaluate'])}
+    sets = {'new': (str(cfg.datasource.evaluate), solver.dataloaders['evaluate'], None, 'manifest')}
     if evaluate_cfg.get('reference_dset'):
         manifest = resolve_reference_dset(evaluate_cfg.reference_dset, cfg)
-        sets['reference'] = (manifest, reference_loader(solver, manifest))
-    for set_name, (dataset, loader) in sets.items():
-        by_scale = cross_entropy_by_scale(solver, loader, scales, progress_name=f'evaluate_{set_name}')
-        report['sets'][set_name] = {'base': by_scale[0.0], 'extended': by_scale[configured], 'dataset': dataset}
+        sets['reference'] = (manifest, reference_loader(solver, manifest), None, 'manifest')
+    elif evaluate_cfg.get('generated_reference', True):  # no old data: the base's own held-out generations
+        generations = solver.held_out_generations(int(cfg.dataset.batch_size))
+        sets['reference'] = (generations.description, generations, generations.prepare, 'generations')
+    for set_name, (dataset, loader, prepare, source) in sets.items():
+        by_scale = cross_entropy_by_scale(solver, loader, scales, progress_name=f'evaluate_{set_name}',
+                                          prepare=prepare)
+        report['sets'][set_name] = {'base': by_scale[0.0], 'extended': by_scale[configured], 'dataset': dataset,
+                                    'source': source}
         report['scale_sweep'][set_name] = [by_scale[s]['ce'] for s in sweep]
 
     audio = AudioEvaluation(solver, out_dir, configured)
@@ -381,6 +387,7 @@ def format_table(report: dict) -> str:
         delta = entry['extended']['ce'] - entry['base']['ce']
         meaning = 'adaptation (< 0 is better)' if set_name == 'new' else 'forgetting (> 0 is worse)'
         lines.append(f"{'':<10} {'change':<9} {delta:>+8.4f} {'':>10}   {meaning}")
+        lines.append(f"{'':<10} {'data':<9} {entry.get('dataset')}")
     sweep = report.get('scale_sweep', {})
     if sweep.get('scales'):
         lines += ['', 'extension_scale sweep (cross entropy):',

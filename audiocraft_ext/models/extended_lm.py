@@ -10,6 +10,10 @@ Data flow of one forward pass (see docs/ARCHITECTURE.md)::
 `ExtendedLMModel` is an `LMModel`: it adopts the base's modules (no copy) and only swaps its
 `transformer` for `FrozenBaseWithExtension`, so `LMModel.forward`, `compute_predictions` and
 `generate` (with the KV cache of every layer) are AudioCraft's own, unchanged.
+
+The base's own logits come out of the same forward (`compute_predictions_with_base`): the
+transformer returns `cat([h', h])` along the batch, so AudioCraft's heads and pattern code score
+both, at the cost of the output heads alone (no second base pass).
 """
 import logging
 from pathlib import Path
@@ -18,7 +22,7 @@ import typing as tp
 import torch
 from torch import nn
 
-from audiocraft.models.lm import LMModel
+from audiocraft.models.lm import LMModel, LMOutput
 from audiocraft.modules.streaming import StreamingModule
 from audiocraft.modules.transformer import StreamingTransformer
 
@@ -44,12 +48,15 @@ class FrozenBaseWithExtension(nn.Module):
 
     `feature_cache` (a `BaseFeatureCache`, None by default) replays stored base outputs in full
     sequence passes (training, validation); streaming generation always runs the base.
+    `with_base_output` (False by default) makes the output `cat([h', h])` [2B, S, D]: the
+    extended and the base's hidden states, the latter without gradient.
     """
     def __init__(self, base: StreamingTransformer, extension: StreamingTransformer):
         super().__init__()
         self.base = base
         self.extension = extension
         self.feature_cache: tp.Optional[BaseFeatureCache] = None
+        self.with_base_output = False
 
     def forward(self, x: torch.Tensor, cross_attention_src: tp.Optional[torch.Tensor] = None,
                 src_mask: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -60,7 +67,10 @@ class FrozenBaseWithExtension(nn.Module):
             else:
                 hidden = self.base(x, cross_attention_src=cross_attention_src, src_mask=src_mask)
         extension_cross_src = cross_attention_src if self.extension.layers[0].cross_attention is not None else None
-        return self.extension(hidden, cross_attention_src=extension_cross_src)  # [B, S, D]
+        extended = self.extension(hidden, cross_attention_src=extension_cross_src)  # [B, S, D]
+        if self.with_base_output:
+            return torch.cat([extended, hidden], dim=0)  # [2B, S, D]
+        return extended
 
     def train(self, mode: bool = True) -> 'FrozenBaseWithExtension':
         super().train(mode)
@@ -170,6 +180,37 @@ class ExtendedLMModel(LMModel):
         cache = None if root is None else BaseFeatureCache(root, self.base_transformer, max_bytes)
         self.transformer.feature_cache = cache
         return cache
+
+    def compute_predictions_with_base(self, codes: torch.Tensor, conditions: tp.List[tp.Any],
+                                      condition_tensors: tp.Optional[tp.Dict[str, tp.Any]] = None,
+                                      stage: int = -1, keep_only_valid_steps: bool = True
+                                      ) -> tp.Tuple[LMOutput, torch.Tensor]:
+        """`compute_predictions`, plus the frozen base's logits from the same forward.
+
+        The base transformer runs once; its output h goes through the new layers and, beside
+        them, straight to the frozen out_norm and heads, so the base's logits cost the heads only.
+        With `extension_scale=0` or at initialisation both logits are equal.
+
+        Args:
+            codes, conditions, condition_tensors, stage, keep_only_valid_steps: as
+                `LMModel.compute_predictions` (conditions are dropped out and encoded once).
+        Returns:
+            (LMOutput of the extended model (logits [B, K, T, card], mask [B, K, T]),
+             base logits [B, K, T, card], detached).
+        """
+        if self._is_streaming:
+            raise RuntimeError("compute_predictions_with_base scores full sequences; it cannot run while "
+                               "streaming (generation).")
+        batch = codes.shape[0]
+        self.transformer.with_base_output = True
+        try:
+            output = self.compute_predictions(codes, conditions, condition_tensors, stage=stage,
+                                              keep_only_valid_steps=keep_only_valid_steps)
+        finally:
+            self.transformer.with_base_output = False
+        assert output.logits.shape[0] == 2 * batch, output.logits.shape
+        extended, base = output.logits[:batch], output.logits[batch:]  # [B, K, T, card] each
+        return LMOutput(extended, output.mask), base.detach()
 
     def trainable_parameters(self) -> tp.List[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

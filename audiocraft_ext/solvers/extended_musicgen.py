@@ -12,12 +12,17 @@ evaluate stages, flashy logging); what changes:
   weights, so checkpoints grow with N, not with the base.
 - checkpoints hold only tensors and plain containers, so they load with torch's default
   `weights_only=True` (see `xp_checkpoints`).
+- forgetting control (`replay.*`, `distill.*`, see `solvers.replay`): every training step also
+  scores replay examples (the user's old data or the base's own generations) and adds their
+  cross entropy and a KL divergence to the base's logits, taken from the same forward, through
+  the `_compute_cross_entropy` hook; the logged `ce` stays the new domain's.
 """
 from contextlib import ExitStack
 from pathlib import Path
 import typing as tp
 from unittest import mock
 
+import flashy
 import omegaconf
 import torch
 
@@ -25,17 +30,19 @@ from audiocraft.solvers import builders
 from audiocraft.solvers.musicgen import MusicGenSolver
 from audiocraft.utils.utils import get_dataset_from_loader
 
+from ..data.checks import check_datasources, check_manifests
 from ..data.manifests import EVALUATION_SPLITS, count_entries, manifest_file, visit_each_file_once
 from ..io.base_reference import SIG_PREFIX, SOLVER_CHECKPOINT_FORMAT, TINY_PREFIX, sig_checkpoint
 from ..io.hashing import weights_hash
 from ..io.solver_checkpoints import plain_state
 from ..models.extended_lm import ExtendedLMModel
 from ..models.extended_musicgen import load_base
-from ..data.checks import check_datasources, check_manifests
+from ..models.feature_cache import BaseFeatureCache
 from ..models.layers import check_extension_scale, check_num_additional_layers
-from . import xp_checkpoints
+from . import replay_config, xp_checkpoints
 from .config_checks import check_generate_durations
 from .nonfinite import NonFiniteStepError, all_ranks_agree_finite, gradients_finite, loss_finite, nonfinite_message
+from .replay import ForgettingControl, Predict, replay_predict
 from .run_lock import RunLock, remove_stale_temporaries, save_checkpoint_atomically
 
 _MISSING_BASE = (
@@ -96,11 +103,18 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         extended_model.layer_overrides (dict): see `ExtendedLMModel`.
         sample_rate, channels: null to take the base's, or checked against it.
         classifier_free_guidance.training_dropout, .inference_coef: null to keep the base's.
+        replay.*, distill.*: forgetting control (see `solvers.replay`, docs/TRAINING.md).
     """
     def __init__(self, cfg: omegaconf.DictConfig):
         self._base = None
         self.base_reference: str = ''
         self.base_hash: str = ''
+        self.forgetting: tp.Optional[ForgettingControl] = None
+        self._replay_cache: tp.Optional[BaseFeatureCache] = None
+        self._replay_predict: tp.Optional[Predict] = None
+        self._forgetting_metrics: tp.Dict[str, torch.Tensor] = {}
+        self._epoch_seed = int(cfg.seed)
+        replay_config.check_config(cfg)
         if cfg.cache.path and not cfg.cache.write:
             raise NotImplementedError(
                 "Training from a token cache (cache.path without cache.write) does not work with AudioCraft "
@@ -313,6 +327,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         import random
         import numpy as np
         seed = (int(self.cfg.seed) * 1_000_003 + self.epoch) % 2 ** 32
+        self._epoch_seed = seed
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
@@ -323,14 +338,43 @@ class ExtendedMusicGenSolver(MusicGenSolver):
 
     def train(self):
         self._skipped_steps = 0
+        if self.forgetting is None:
+            self.forgetting = replay_config.build_forgetting_control(self)
+            self._replay_cache = replay_config.replay_feature_cache(self)
+            self._replay_predict = replay_predict(self.model, self._replay_cache)
+        if self.forgetting is not None:  # replay draws are a function of (seed, epoch, rank) too
+            self.forgetting.source.reseed(self._epoch_seed + 7919 * (flashy.distrib.rank() + 1))
         return super().train()
 
     def _compute_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor,
                                mask: torch.Tensor) -> tp.Tuple[torch.Tensor, tp.List[torch.Tensor]]:
+        """MusicGen's cross entropy; in training, plus the forgetting control's replay terms.
+
+        `MusicGenSolver.run_step` back-propagates what this returns, so in training it returns the
+        step's loss; `_run_training_step` logs the new domain's `ce` and the terms apart.
+        """
         ce, ce_per_codebook = super()._compute_cross_entropy(logits, targets, mask)
-        if self.is_training:
-            self._step_loss = ce
-        return ce, ce_per_codebook
+        if not self.is_training:
+            return ce, ce_per_codebook
+        loss = ce
+        if self.forgetting is not None:
+            extra, parts = self.forgetting.loss(self._replay_predict, self._musicgen_cross_entropy,
+                                                targets.shape[0], self.device)
+            loss = ce + extra
+            self._forgetting_metrics = {'ce': ce.detach(), 'loss': loss.detach(), **parts}
+            if self._replay_cache is not None:
+                hits, misses = self._replay_cache.take_counts()
+                self._forgetting_metrics['replay_cache_hits'] = torch.tensor(hits / max(1, hits + misses))
+        self._step_loss = loss
+        return loss, ce_per_codebook
+
+    def _musicgen_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor,
+                                mask: torch.Tensor) -> tp.Tuple[torch.Tensor, tp.List[torch.Tensor]]:
+        return MusicGenSolver._compute_cross_entropy(self, logits, targets, mask)
+
+    def held_out_generations(self, batch_size: int) -> replay_config.HeldOutGenerations:
+        """The held-out part of the base's own generations (replay set), to measure forgetting without old data."""
+        return replay_config.HeldOutGenerations(self, batch_size)
 
     def _check_finite_step(self, optimizer: tp.Any, args: tp.Any, kwargs: tp.Any) -> None:
         """Optimizer pre-step hook: refuse the step if the loss or a gradient is NaN or infinite."""
@@ -374,6 +418,10 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             raise NonFiniteStepError(nonfinite_message('loss', self.epoch, idx)) from None
         finally:
             self._step_loss = None
+            parts, self._forgetting_metrics = self._forgetting_metrics, {}
+        if parts:  # AudioCraft logged the loss as `ce`: the new domain's ce and the terms apart
+            metrics.update(parts)
+            metrics['ppl'] = torch.exp(parts['ce'])
         metrics['skipped'] = 0.0
         return metrics
 

@@ -1,0 +1,282 @@
+"""Forgetting control (issue 13): the base's own generations as a replay set, replay batches in the
+configured ratio, KL to the base's logits, in a plain loop and through the solver's config keys."""
+import json
+
+import pytest
+import torch
+
+from audiocraft_ext import ExtendedLMModel
+from audiocraft_ext.data.replay_set import (DEFAULT_PROMPTS, GenerationSettings, ReplaySet, ReplaySetError,
+                                            cached_replay_set, generate_replay_set, load_replay_set, read_prompts,
+                                            replay_set_key)
+from audiocraft_ext.io.hashing import weights_hash
+from audiocraft_ext.models.tiny import build_tiny_musicgen
+from audiocraft_ext.models.feature_cache import BaseFeatureCache
+from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict
+
+from conftest import run_xp
+
+pytestmark = pytest.mark.usefixtures('single_thread_torch')
+FRAMES = 10
+PROMPTS = ['calm ambient pad, 70 bpm', 'fast plucked arpeggio, 130 bpm', 'mellow flute melody']
+
+
+def _generate(lm, seed: int, num_samples: int = 4):
+    return generate_replay_set(lm, PROMPTS, num_samples, FRAMES, 16000, seed=seed, batch_size=3,
+                               settings=GenerationSettings(top_k=50))
+
+
+# ---- the replay set ---------------------------------------------------------------------------
+
+def test_replay_set_is_deterministic_for_a_seed():
+    lm = build_tiny_musicgen('text').lm
+    first, again, other = _generate(lm, 0), _generate(lm, 0), _generate(lm, 1)
+    assert first.codes.shape == (4, lm.num_codebooks, FRAMES)
+    assert torch.equal(first.codes, again.codes)
+    assert not torch.equal(first.codes, other.codes)
+    assert first.prompts == [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0]]
+    # The generations are the base's: every code is a real token, not the special one.
+    assert first.codes.min() >= 0 and first.codes.max() < lm.card
+
+
+def test_replay_set_is_cached_and_reused(tmp_path):
+    lm = build_tiny_musicgen('text').lm
+    base_hash = weights_hash(lm.state_dict())
+    messages = []
+    args = dict(base_hash=base_hash, prompts=PROMPTS, num_samples=4, num_frames=FRAMES, sample_rate=16000, seed=0,
+                cache_dir=tmp_path, batch_size=3, settings=GenerationSettings(top_k=50), log=messages.append)
+    made = cached_replay_set(lm, **args)
+    folders = [p for p in tmp_path.iterdir()]
+    assert len(folders) == 1 and folders[0].name == made.key
+    assert sorted(p.name for p in folders[0].iterdir()) == ['codes.safetensors', 'prompts.json']
+    assert json.loads((folders[0] / 'prompts.json').read_text())['prompts'] == made.prompts
+    # Reused: read from the folder, not generated again (the model is never called).
+    with torch.no_grad():
+        for parameter in lm.parameters():
+            parameter.zero_()
+    reused = cached_replay_set(lm, **args)
+    assert torch.equal(reused.codes, made.codes) and reused.prompts == made.prompts
+    assert 'generating' in messages[0] and 'read from' in messages[1]
+    # Another seed, base, size or prompt list is another set.
+    keys = {made.key,
+            replay_set_key(base_hash, PROMPTS, 1, 4, FRAMES, GenerationSettings(top_k=50)),
+            replay_set_key('other', PROMPTS, 0, 4, FRAMES, GenerationSettings(top_k=50)),
+            replay_set_key(base_hash, PROMPTS, 0, 5, FRAMES, GenerationSettings(top_k=50)),
+            replay_set_key(base_hash, PROMPTS[:2], 0, 4, FRAMES, GenerationSettings(top_k=50))}
+    assert len(keys) == 5
+    assert not list(tmp_path.glob('.*')), "no temporary folder left behind"
+
+
+def test_prompt_files(tmp_path):
+    shipped = read_prompts()
+    assert len(shipped) >= 64 and len(set(shipped)) == len(shipped)
+    assert DEFAULT_PROMPTS.is_file() and not any(p.startswith('#') for p in shipped)
+    own = tmp_path / 'prompts.txt'
+    own.write_text('# my captions\n\nlo-fi piano, 80 bpm\n  dark techno  \n')
+    assert read_prompts(own) == ['lo-fi piano, 80 bpm', 'dark techno']
+    (tmp_path / 'empty.txt').write_text('# nothing\n')
+    with pytest.raises(ReplaySetError, match='holds no prompt'):
+        read_prompts(tmp_path / 'empty.txt')
+    with pytest.raises(ReplaySetError, match='no such file'):
+        read_prompts(tmp_path / 'missing.txt')
+    (tmp_path / 'broken').mkdir()
+    with pytest.raises(ReplaySetError, match='delete the folder'):
+        load_replay_set(tmp_path / 'broken')
+
+
+# ---- replay batches and distillation ---------------------------------------------------------
+
+class RecordingPredict:
+    """Scores replay batches with the extended model and records what it was given."""
+    def __init__(self, lm):
+        self.lm, self.batches = lm, []
+
+    def __call__(self, codes, conditions, condition_tensors):
+        self.batches.append((codes, conditions))
+        return self.lm.compute_predictions_with_base(codes, conditions, condition_tensors)
+
+
+@pytest.mark.parametrize('ratio, batch_size, expected', [(0.5, 4, 2), (1.0, 3, 3), (0.25, 8, 2), (0.1, 2, 1)])
+def test_replay_batches_come_from_the_replay_source_in_the_ratio(ratio, batch_size, expected):
+    base = build_tiny_musicgen('text')
+    lm = ExtendedLMModel(base.lm, 1).train()
+    replay = _generate(base.lm, 0, num_samples=5)
+    control = ForgettingControl(GeneratedReplay(replay, lm, 16000, seed=0), ratio, ce_weight=1.0, distill_weight=1.0)
+    predict = RecordingPredict(lm)
+    from audiocraft.solvers.musicgen import MusicGenSolver
+    for _ in range(3):
+        control.loss(predict, lambda *a: MusicGenSolver._compute_cross_entropy(None, *a), batch_size, 'cpu')
+    for codes, conditions in predict.batches:
+        assert codes.shape[0] == expected == len(conditions)
+        for row, attributes in zip(codes, conditions):
+            matches = [i for i in range(len(replay)) if torch.equal(replay.codes[i], row)]
+            assert matches, "a replay example that is not in the replay set"
+            assert attributes.text['description'] == replay.prompts[matches[0]]
+
+
+def _tiny_old_and_new(seed: int = 0):
+    """A tiny base, its own generations (old domain: training part and held out), and a new domain of
+    codes drawn from 8 of the 256 tokens under one caption."""
+    base = build_tiny_musicgen('text', seed=seed)
+    generations = generate_replay_set(base.lm, PROMPTS, 24, FRAMES, 16000, seed=0, batch_size=12,
+                                      settings=GenerationSettings(top_k=0))
+    replay, held_out = generations.split(8)
+    generator = torch.Generator().manual_seed(0)
+    new_codes = torch.randint(0, 8, (16, base.lm.num_codebooks, FRAMES), generator=generator)
+    return base, replay, held_out, new_codes
+
+
+def _cross_entropy(lm, codes, prompts) -> float:
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    lm.eval()
+    with torch.no_grad():
+        out = lm.compute_predictions(codes, [ConditioningAttributes(text={'description': p}) for p in prompts])
+        ce = torch.nn.functional.cross_entropy(out.logits[out.mask], codes[out.mask]).item()
+    lm.train()
+    return ce
+
+
+def _adapt(distill_weight: float, steps: int = 25):
+    """Train one new layer on the new domain, with replay + KL (distill_weight > 0) or without replay."""
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    from audiocraft.solvers.musicgen import MusicGenSolver
+    base, replay, held_out, new_codes = _tiny_old_and_new()
+    torch.manual_seed(0)
+    lm = ExtendedLMModel(base.lm, 1).train()
+    optimizer = torch.optim.AdamW(lm.trainable_parameters(), lr=1e-2, weight_decay=0.0)
+    control = ForgettingControl(GeneratedReplay(replay, lm, 16000, seed=0), 1.0, ce_weight=0.0,
+                                distill_weight=distill_weight) if distill_weight else None
+    ce_fn = lambda *a: MusicGenSolver._compute_cross_entropy(None, *a)  # noqa: E731
+    for step in range(steps):
+        codes = new_codes[(4 * step) % 16:(4 * step) % 16 + 4]
+        out = lm.compute_predictions(codes, [ConditioningAttributes(text={'description': 'new domain'})] * 4)
+        loss, _ = ce_fn(out.logits, codes, out.mask)
+        if control is not None:
+            extra, _ = control.loss(lm.compute_predictions_with_base, ce_fn, 4, 'cpu')
+            loss = loss + extra
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    old = _cross_entropy(lm, held_out.codes, held_out.prompts)
+    new = _cross_entropy(lm, new_codes, ['new domain'] * 16)
+    lm.extension_scale = 0.0
+    base_old = _cross_entropy(lm, held_out.codes, held_out.prompts)
+    base_new = _cross_entropy(lm, new_codes, ['new domain'] * 16)
+    return old - base_old, base_new - new  # forgetting, gain (nats per token)
+
+
+def test_distillation_keeps_the_old_domain():
+    forgetting_plain, gain_plain = _adapt(distill_weight=0.0)
+    forgetting_distilled, gain_distilled = _adapt(distill_weight=1.0)
+    # Both learn the new domain; without distillation the old domain is forgotten far more
+    # (measured: +1.15 against +0.10 nats per token).
+    assert gain_plain > 0.3 and gain_distilled > 0.3
+    assert forgetting_plain > 0.5
+    assert forgetting_distilled < 0.25 * forgetting_plain
+
+
+def test_replay_features_from_the_cache_train_the_same(tmp_path):
+    """The base's output on replay examples read from a feature cache: the same training (up to the float
+    rounding of a smaller batch for the examples missing from it), with hits."""
+    from audiocraft.solvers.musicgen import MusicGenSolver
+    base, replay, _, _ = _tiny_old_and_new()
+    ce_fn = lambda *a: MusicGenSolver._compute_cross_entropy(None, *a)  # noqa: E731
+    trained = []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        lm = ExtendedLMModel(base.lm, 1).train()
+        for module in lm.modules():  # the condition dropouts' own generators, shared with the base
+            if isinstance(getattr(module, 'rng', None), torch.Generator):
+                module.rng.manual_seed(0)
+        cache = BaseFeatureCache(tmp_path, lm.base_transformer) if cached else None
+        optimizer = torch.optim.AdamW(lm.trainable_parameters(), lr=1e-2)
+        small = ReplaySet(replay.codes[:3], replay.prompts[:3])  # 3 examples: they come back at once
+        control = ForgettingControl(GeneratedReplay(small, lm, 16000, seed=0), 1.0, 0.0, 1.0)
+        for _ in range(6):
+            loss, _ = control.loss(replay_predict(lm, cache), ce_fn, 2, 'cpu')
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert lm.transformer.feature_cache is None  # only the replay calls used it
+        trained.append(lm.extension_state_dict())
+        if cached:
+            assert cache.hits > 0 and cache.misses > 0
+    for key, value in trained[0].items():
+        torch.testing.assert_close(trained[1][key], value, rtol=1e-3, atol=1e-5)  # batch-size rounding
+
+
+# ---- through the solver, with the default config keys -----------------------------------------
+
+def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, dora_dir, tmp_path):
+    cache = tmp_path / 'replay'
+    xp, solver = run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+                         f'egs_root={egs}', f'replay.cache_dir={cache}', 'evaluate.samples=false',
+                         'evaluate.audio_metrics=false', 'generate.every=100'])
+    control = solver.forgetting
+    assert isinstance(control, ForgettingControl) and isinstance(control.source, GeneratedReplay)
+    cfg = solver.cfg
+    assert control.ratio == cfg.replay.ratio and control.distill_weight == cfg.distill.weight
+    assert control.ce_weight == cfg.replay.ce_weight
+    sets = [folder for folder in cache.iterdir() if folder.name != 'features']
+    assert len(sets) == 1
+    stored = load_replay_set(sets[0])
+    assert len(stored) == cfg.replay.num_samples
+    assert stored.codes.shape[-1] == int(cfg.replay.duration * solver.compression_model.frame_rate)
+    assert len(control.source.replay_set) == cfg.replay.num_samples - cfg.replay.holdout
+    train = solver.history[-1]['train']
+    assert {'replay_ce', 'distill_kl', 'loss', 'ce', 'replay_cache_hits'} <= set(train)
+    assert cfg.replay.feature_cache and list((cache / 'features').rglob('*.pt'))
+    expected = train['ce'] + cfg.replay.ce_weight * train['replay_ce'] + cfg.distill.weight * train['distill_kl']
+    assert train['loss'] == pytest.approx(expected, rel=1e-4)
+    # No reference_dset: forgetting is measured on the held-out generations, and the report says so.
+    report = json.loads((xp.folder / 'evaluation' / 'metrics.json').read_text())
+    reference = report['sets']['reference']
+    assert reference['source'] == 'generations' and 'own generations' in reference['dataset']
+    assert sum(reference['base']['tokens_per_codebook']) > 0
+
+
+def test_solver_replays_an_old_domain_manifest(exported_bases, egs, dora_dir):
+    xp, solver = run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+                         f'egs_root={egs}', f'replay.manifest={egs}', 'replay.ratio=1.0', 'replay.ce_weight=1.0',
+                         f'evaluate.reference_dset={egs}', 'evaluate.samples=false', 'evaluate.audio_metrics=false',
+                         'generate.every=100'])
+    from audiocraft_ext.solvers.replay import ManifestReplay
+    assert isinstance(solver.forgetting.source, ManifestReplay)
+    assert solver.history[-1]['train']['replay_ce'] > 0
+    report = json.loads((xp.folder / 'evaluation' / 'metrics.json').read_text())
+    assert report['sets']['reference']['source'] == 'manifest'
+
+
+@pytest.mark.parametrize('override, words', [
+    (['replay.ratio=0.5', 'replay.ce_weight=0', 'distill.weight=0'], 'would not change the loss'),
+    (['replay.ratio=-1'], 'replay.ratio'),
+    (['replay.holdout=6'], 'replay.holdout'),
+])
+def test_bad_forgetting_settings_are_refused_clearly(exported_bases, egs, dora_dir, override, words):
+    with pytest.raises(ValueError, match=words):
+        run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+                f'egs_root={egs}', *override])
+
+
+def test_replay_manifest_that_does_not_exist_is_refused(exported_bases, egs, dora_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match='replay.manifest'):
+        run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+                f'egs_root={egs}', f'replay.manifest={tmp_path / "nothing"}'])
+
+
+def test_replay_manifest_with_a_token_cache_write_is_refused(exported_bases, egs, dora_dir, tmp_path):
+    with pytest.raises(ValueError, match='would write replay batches into the token cache'):
+        run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+                f'egs_root={egs}', f'replay.manifest={egs}', 'cache.write=true', f'cache.path={tmp_path / "tokens"}'])
+
+
+def test_solver_with_own_prompts_and_with_replay_off(exported_bases, egs, dora_dir, tmp_path):
+    prompts = tmp_path / 'my_prompts.txt'
+    prompts.write_text('# captions like the base was trained on\nsoft piano, 70 bpm\nfast drums, 140 bpm\n')
+    common = ['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+              f'egs_root={egs}', f'replay.cache_dir={tmp_path / "replay"}', 'evaluate.every=100', 'generate.every=100']
+    _, solver = run_xp([*common, f'replay.prompts={prompts}'])
+    assert set(solver.forgetting.source.replay_set.prompts) == {'soft piano, 70 bpm', 'fast drums, 140 bpm'}
+    _, solver = run_xp([*common, 'replay.ratio=0'])
+    assert solver.forgetting is None
+    assert 'replay_ce' not in solver.history[-1]['train'] and 'distill_kl' not in solver.history[-1]['train']
