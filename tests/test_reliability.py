@@ -6,11 +6,11 @@ Runs use the exported tiny text base and the debug config (2 updates per epoch o
 """
 import builtins
 import math
+import multiprocessing
 import os
 from pathlib import Path
 import shutil
-import subprocess
-import sys
+import time
 import typing as tp
 
 import pytest
@@ -119,16 +119,11 @@ def test_second_run_on_the_same_signature_is_refused(exported_bases, egs, make_s
     assert (xp.folder / 'checkpoint.th').exists()
 
 
-_HOLD_LOCK_WITHOUT_FLOCK = """
-import errno, fcntl, sys, time
-def no_flock(*args):
-    raise OSError(errno.ENOSYS, 'Function not implemented')
-fcntl.flock = no_flock
-from audiocraft_ext.solvers.run_lock import RunLock
-RunLock(sys.argv[1]).acquire()
-print('locked', flush=True)
-time.sleep(600)
-"""
+def _hold_lock(folder: Path, locked: tp.Any) -> None:
+    """In a forked process: take the run lock of `folder`, say so, hold it until killed."""
+    RunLock(folder).acquire()
+    locked.set()
+    time.sleep(600)
 
 
 def test_lock_without_flock_refuses_a_live_holder_and_replaces_a_dead_one(tmp_path, monkeypatch):
@@ -138,15 +133,18 @@ def test_lock_without_flock_refuses_a_live_holder_and_replaces_a_dead_one(tmp_pa
     def no_flock(*args):
         raise OSError(errno.ENOSYS, 'Function not implemented')
     monkeypatch.setattr(fcntl, 'flock', no_flock)  # as on a file system without flock: filelock's marker file
-    holder = subprocess.Popen([sys.executable, '-c', _HOLD_LOCK_WITHOUT_FLOCK, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True)
+    # The holder is another process, forked: it inherits the patch, and no half-minute import.
+    context = multiprocessing.get_context('fork')
+    locked = context.Event()
+    holder = context.Process(target=_hold_lock, args=(tmp_path, locked), daemon=True)
+    holder.start()
     try:
-        assert holder.stdout.readline().strip() == 'locked'
+        assert locked.wait(timeout=60), "the holder did not take the lock"
         with pytest.raises(RunLockedError, match=f'pid={holder.pid}'):
             RunLock(tmp_path).acquire()
     finally:
         holder.kill()  # SIGKILL: the marker file stays behind, naming a process that is gone
-        holder.wait()
+        holder.join()
     assert (tmp_path / LOCK_NAME).exists()
     with pytest.warns(UserWarning, match='falling back to SoftFileLock'), RunLock(tmp_path):
         assert f'pid={os.getpid()}' in (tmp_path / (LOCK_NAME + '.holder')).read_text()
