@@ -137,6 +137,37 @@ def init_seed_and_system(cfg: omegaconf.DictConfig) -> None:
             os.environ['TMPDIR'] = str(tmpdir)
 
 
+def build_solver(argv: tp.Sequence[str], restore: bool = False) -> tp.Tuple[XP, tp.Any]:
+    """The XP and solver that `python -m audiocraft_ext.train *argv` builds, in this process.
+
+    Same Dora main and Hydra composition (`--config=GROUP/NAME` accepted), seeded as `main` seeds
+    (`init_seed_and_system`: the new layers' init is reproducible). Logging and distributed setup
+    are left to the caller.
+
+    Args:
+        argv (list of str): the command's arguments, e.g. `['solver=extended_musicgen_debug', ...]`.
+        restore (bool): restore the XP's last checkpoint, if any, into the solver.
+    Returns:
+        (xp, solver): run the solver inside `with xp.enter():` (see `run_in_process`).
+    """
+    xp = main.get_xp(expand_config_flags(argv))
+    main.init_xp(xp)
+    with xp.enter():
+        init_seed_and_system(xp.cfg)
+        solver = get_solver(xp.cfg)
+        if restore:
+            solver.restore(replay_metrics=False)
+    return xp, solver
+
+
+def run_in_process(argv: tp.Sequence[str]) -> tp.Tuple[XP, tp.Any]:
+    """Train as `python -m audiocraft_ext.train *argv` does, in this process: (xp, solver) after the run."""
+    xp, solver = build_solver(argv)
+    with xp.enter():
+        solver.run()
+    return xp, solver
+
+
 def main(cfg: omegaconf.DictConfig):
     import flashy
     init_seed_and_system(cfg)

@@ -1,13 +1,20 @@
-"""Shared fixtures and helpers for the extended-model tests.
+"""Shared fixtures for the extended-model tests.
 
 Everything runs on tiny but real MusicGens built by AudioCraft's own builders
 (`audiocraft_ext.models.tiny`): 16 kHz, 50 frames/s, no download. Building one takes well under
 a second, so tests that mutate a model build their own; exported directories on disk are
 built once per session and must be treated as read-only (copy them before changing them).
+
+Helpers are fixtures that return the helper function (pytest's factory-as-fixture idiom): a test
+asks for `perturb_extension` and calls it; test modules never import conftest or each other.
 """
 import hashlib
+from html.parser import HTMLParser
+import os
 from pathlib import Path
 import random
+import subprocess
+import sys
 import typing as tp
 
 import pytest
@@ -18,7 +25,7 @@ from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, offline_de
 FRAMES = 12  # time steps of random codes used for logits comparisons (0.24 s at 50 frames/s)
 
 
-def perturb_extension(lm, seed: int = 1, std: float = 0.05) -> None:
+def _perturb_extension(lm, seed: int = 1, std: float = 0.05) -> None:
     """Add gaussian noise to every parameter of the new layers (deterministic from `seed`).
 
     New layers start with zero residual branches (identity); after this they change the logits.
@@ -30,24 +37,24 @@ def perturb_extension(lm, seed: int = 1, std: float = 0.05) -> None:
             parameter.add_(torch.randn_like(parameter) * std)
 
 
-def melody_wav(sample_rate: int = 16000, seconds: float = 0.5, freq: float = 220.0) -> torch.Tensor:
+def _melody_wav(sample_rate: int = 16000, seconds: float = 0.5, freq: float = 220.0) -> torch.Tensor:
     """A [1, T] sine, usable as a melody for the chroma conditioner."""
     t = torch.arange(int(seconds * sample_rate), dtype=torch.float32) / sample_rate
     return 0.5 * torch.sin(2 * torch.pi * freq * t)[None]
 
 
-def make_attributes(model, batch: int = 2):
+def _make_attributes(model, batch: int = 2):
     """Conditions as MusicGen builds them for generation (text, plus a melody for melody models)."""
     descriptions = [f'tiny prompt {i}' for i in range(batch)]
     if 'self_wav' in model.lm.condition_provider.conditioners:
-        melodies = [melody_wav(model.sample_rate, freq=220.0 * (i + 1)) for i in range(batch)]
+        melodies = [_melody_wav(model.sample_rate, freq=220.0 * (i + 1)) for i in range(batch)]
         attributes, _ = model._prepare_tokens_and_attributes(descriptions, None, melody_wavs=melodies)
     else:
         attributes, _ = model._prepare_tokens_and_attributes(descriptions, None)
     return attributes
 
 
-def random_codes(lm, batch: int = 2, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
+def _random_codes(lm, batch: int = 2, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, lm.card, (batch, lm.num_codebooks, frames), generator=generator)
 
@@ -64,8 +71,8 @@ _CONDITION_CACHE: tp.Dict[tp.Any, tp.Any] = {}
 
 
 @torch.no_grad()
-def condition_tensors(model, batch: int = 2):
-    """`model.lm`'s condition tensors for `make_attributes(model, batch)`, as `LMModel.forward` computes
+def _condition_tensors(model, batch: int = 2):
+    """`model.lm`'s condition tensors for `_make_attributes(model, batch)`, as `LMModel.forward` computes
     them in eval mode (tokenize + condition provider).
 
     Cached by the condition provider's weights: the melody conditioner runs demucs, which takes
@@ -76,7 +83,7 @@ def condition_tensors(model, batch: int = 2):
     provider = model.lm.condition_provider
     key = (batch, 'self_wav' in provider.conditioners, _module_digest(provider))
     if key not in _CONDITION_CACHE:
-        attributes = make_attributes(model, batch)
+        attributes = _make_attributes(model, batch)
         state = random.getstate()
         random.seed(0)
         try:
@@ -87,7 +94,7 @@ def condition_tensors(model, batch: int = 2):
 
 
 @torch.no_grad()
-def lm_logits(lm, conditions, codes: torch.Tensor) -> torch.Tensor:
+def _lm_logits(lm, conditions, codes: torch.Tensor) -> torch.Tensor:
     """`compute_predictions` logits in eval mode, invalid (NaN) positions set to 0 for comparisons.
 
     `conditions` is a list of `ConditioningAttributes` (the full path) or precomputed condition
@@ -108,12 +115,12 @@ def lm_logits(lm, conditions, codes: torch.Tensor) -> torch.Tensor:
     return out.logits.nan_to_num()
 
 
-def model_logits(model, batch: int = 2, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
+def _model_logits(model, batch: int = 2, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
     """Logits of a (Extended)MusicGen on fixed random codes and fixed conditions."""
-    return lm_logits(model.lm, condition_tensors(model, batch), random_codes(model.lm, batch, frames, seed))
+    return _lm_logits(model.lm, _condition_tensors(model, batch), _random_codes(model.lm, batch, frames, seed))
 
 
-def train_extension(lm, base, steps: int) -> tp.List[float]:
+def _train_extension(lm, base, steps: int) -> tp.List[float]:
     """`steps` AdamW steps (lr 1e-2, no weight decay: a tensor changes only if a gradient reaches
     it) of `lm`'s trainable parameters on seeded random codes with `base`'s conditions, in train
     mode; checks that no frozen parameter gets a gradient. Returns the losses."""
@@ -122,8 +129,8 @@ def train_extension(lm, base, steps: int) -> tp.List[float]:
     torch.manual_seed(0)
     losses = []
     for step in range(steps):
-        codes = random_codes(lm, seed=step)
-        out = lm.compute_predictions(codes, make_attributes(base))
+        codes = _random_codes(lm, seed=step)
+        out = lm.compute_predictions(codes, _make_attributes(base))
         loss = torch.nn.functional.cross_entropy(out.logits[out.mask], codes[out.mask])
         optimizer.zero_grad()
         loss.backward()
@@ -133,7 +140,7 @@ def train_extension(lm, base, steps: int) -> tp.List[float]:
     return losses
 
 
-def file_digests(directory: Path) -> tp.Dict[str, str]:
+def _file_digests(directory: Path) -> tp.Dict[str, str]:
     """sha256 of every file under `directory` (names relative to it)."""
     directory = Path(directory)
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -192,13 +199,167 @@ def egs(tmp_path_factory) -> Path:
     return root / 'egs'
 
 
-def run_xp(argv: tp.List[str]):
-    """Run the XP `argv` in-process, as `python -m audiocraft_ext.train *argv` does: (xp, solver)."""
+# ---- helpers as fixtures (each returns the function of the same name, with a leading underscore) ----
+@pytest.fixture(scope='session')
+def perturb_extension() -> tp.Callable[..., None]:
+    """`perturb_extension(lm, seed=1, std=0.05)`: gaussian noise on the new layers (deterministic)."""
+    return _perturb_extension
+
+
+@pytest.fixture(scope='session')
+def melody_wav() -> tp.Callable[..., torch.Tensor]:
+    """`melody_wav(sample_rate=16000, seconds=0.5, freq=220.0)`: a [1, T] sine melody."""
+    return _melody_wav
+
+
+@pytest.fixture(scope='session')
+def make_attributes() -> tp.Callable[..., tp.Any]:
+    """`make_attributes(model, batch=2)`: conditions as MusicGen builds them for generation."""
+    return _make_attributes
+
+
+@pytest.fixture(scope='session')
+def random_codes() -> tp.Callable[..., torch.Tensor]:
+    """`random_codes(lm, batch=2, frames=FRAMES, seed=0)`: seeded random codes [B, K, T]."""
+    return _random_codes
+
+
+@pytest.fixture(scope='session')
+def condition_tensors() -> tp.Callable[..., tp.Any]:
+    """`condition_tensors(model, batch=2)`: cached condition tensors of `make_attributes(model, batch)`."""
+    return _condition_tensors
+
+
+@pytest.fixture(scope='session')
+def lm_logits() -> tp.Callable[..., torch.Tensor]:
+    """`lm_logits(lm, conditions, codes)`: eval-mode logits, NaN set to 0, Python's `random` seeded."""
+    return _lm_logits
+
+
+@pytest.fixture(scope='session')
+def model_logits() -> tp.Callable[..., torch.Tensor]:
+    """`model_logits(model, batch=2, frames=FRAMES, seed=0)`: logits on fixed codes and conditions."""
+    return _model_logits
+
+
+@pytest.fixture(scope='session')
+def train_extension() -> tp.Callable[..., tp.List[float]]:
+    """`train_extension(lm, base, steps)`: seeded AdamW steps of the trainable parameters; the losses."""
+    return _train_extension
+
+
+@pytest.fixture(scope='session')
+def file_digests() -> tp.Callable[[Path], tp.Dict[str, str]]:
+    """`file_digests(directory)`: sha256 of every file under `directory`."""
+    return _file_digests
+
+
+# ---- in-process training runs (the entry point's own functions) ----------------------------------
+@pytest.fixture(scope='session')
+def build_solver() -> tp.Callable[..., tp.Tuple[tp.Any, tp.Any]]:
+    """`build_solver(argv, restore=False) -> (xp, solver)`: `audiocraft_ext.train.build_solver`, the
+    solver `python -m audiocraft_ext.train *argv` builds, seeded as it seeds; run it in `xp.enter()`."""
     from audiocraft_ext import train
-    xp = train.main.get_xp(argv)
-    train.main.init_xp(xp)
-    with xp.enter():
-        train.init_seed_and_system(xp.cfg)  # as train.main: the new layers' init is seeded
-        solver = train.get_solver(xp.cfg)
-        solver.run()
-    return xp, solver
+    return train.build_solver
+
+
+@pytest.fixture(scope='session')
+def run_xp() -> tp.Callable[..., tp.Tuple[tp.Any, tp.Any]]:
+    """`run_xp(argv) -> (xp, solver)`: `audiocraft_ext.train.run_in_process`, the XP `argv` trained
+    in this process as `python -m audiocraft_ext.train *argv` trains it."""
+    from audiocraft_ext import train
+    return train.run_in_process
+
+
+@pytest.fixture(scope='session')
+def run_python() -> tp.Callable[..., subprocess.CompletedProcess]:
+    """`run_python(args, cwd, dora_dir, timeout=300)`: `python *args` in a subprocess with Dora's folder
+    at `dora_dir` (`AUDIOCRAFT_EXT_DORA_DIR`); fails the test, showing the output, unless it exits 0."""
+    def run(args: tp.List[str], cwd: Path, dora_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+        env = dict(os.environ, AUDIOCRAFT_EXT_DORA_DIR=str(dora_dir), PYTHONWARNINGS='ignore')
+        result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                                timeout=timeout)
+        assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        return result
+    return run
+
+
+@pytest.fixture(scope='session')
+def inject_nan_logits() -> tp.Callable[..., tp.List[int]]:
+    """`inject_nan_logits(solver, when) -> calls`: make the solver model's logits NaN on the training
+    steps (counted from 0) for which `when(step)` is true; `calls` lists the training steps seen."""
+    def inject(solver, when: tp.Callable[[int], bool]) -> tp.List[int]:
+        original = solver.model.compute_predictions
+        calls: tp.List[int] = []
+
+        def compute_predictions(*args, **kwargs):
+            output = original(*args, **kwargs)
+            if solver.is_training:
+                calls.append(len(calls))
+                if when(calls[-1]):
+                    output.logits.data.fill_(float('nan'))
+            return output
+        solver.model.compute_predictions = compute_predictions
+        return calls
+    return inject
+
+
+# ---- the HTML listening report --------------------------------------------------------------------
+_VOID = {'area', 'base', 'br', 'col', 'embed', 'hr', 'img', 'input', 'link', 'meta', 'source', 'track', 'wbr'}
+
+
+class TagChecker(HTMLParser):
+    """Balanced tags (void elements aside), every tag and attribute collected."""
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: tp.List[str] = []
+        self.errors: tp.List[str] = []
+        self.tags: tp.List[tp.Tuple[str, dict]] = []
+        self.text: tp.List[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in _VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in _VOID:
+            self.errors.append(f'end tag for void element <{tag}>')
+        elif not self.stack or self.stack[-1] != tag:
+            self.errors.append(f'</{tag}> closes <{self.stack[-1] if self.stack else None}>')
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope='session')
+def parse_html() -> tp.Callable[[Path], TagChecker]:
+    """`parse_html(page) -> TagChecker`: the page's tags, attributes, text and tag-balance errors."""
+    def parse(page: Path) -> TagChecker:
+        checker = TagChecker()
+        checker.feed(page.read_text(encoding='utf-8'))
+        checker.close()
+        return checker
+    return parse
+
+
+@pytest.fixture(scope='session')
+def report_metrics() -> tp.Dict[str, tp.Any]:
+    """A hand-written metrics report as the evaluate stage writes it (metrics.json). Read-only."""
+    return {
+        'sig': 'abc123', 'epoch': 3, 'checkpoint': '/runs/xps/abc123/checkpoint.th', 'extension_scale': 1.0,
+        'base_model': 'facebook/musicgen-small', 'base_hash': 'f00d',
+        'sets': {
+            'new': {'base': {'ce': 3.5, 'ppl': 33.1}, 'extended': {'ce': 3.25, 'ppl': 25.8}, 'dataset': 'egs/new'},
+            'reference': {'base': {'ce': 3.0, 'ppl': 20.1}, 'extended': {'ce': 3.1, 'ppl': 22.2},
+                          'dataset': 'egs/old'},
+            # A set the report does not know: shown like every set but `new`, as forgetting.
+            'base_generations': {'base': {'ce': 2.0, 'ppl': 7.39}, 'extended': {'ce': 1.875, 'ppl': 6.52}},
+        },
+        'scale_sweep': {'scales': [0.0, 0.5, 1.0], 'new': [3.5, 3.3, 3.25], 'reference': [3.0, 3.02, 3.1]},
+        'audio': {'base': {'frechet_encodec_latent_distance': 0.25},
+                  'extended': {'frechet_encodec_latent_distance': 0.125},
+                  'reconstruction': {'frechet_encodec_latent_distance': 0.0625}, 'num_items': 3, 'duration': 1.0},
+    }

@@ -14,25 +14,20 @@ import pytest
 import torch
 
 from audiocraft.utils.autocast import TorchAutocast
-from audiocraft_ext import ExtendedMusicGen, train
+from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.solvers.nonfinite import NonFiniteStepError
-
-from conftest import perturb_extension
-from test_reliability import inject_nan_logits
 
 pytestmark = pytest.mark.usefixtures('dora_dir', 'single_thread_torch')
 
 
-def make_solver(base, egs, *extra: str):
-    """(xp, solver) of the debug config on `base`, as `python -m audiocraft_ext.train` builds it."""
-    xp = train.main.get_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={base}',
-                            f'egs_root={egs}', *extra])
-    train.main.init_xp(xp)
-    with xp.enter():
-        train.init_seed_and_system(xp.cfg)
-        solver = train.get_solver(xp.cfg)
-    return xp, solver
+@pytest.fixture(scope='module')
+def make_solver(build_solver):
+    """`make_solver(base, egs, *extra) -> (xp, solver)` of the debug config on `base`."""
+    def make(base, egs, *extra: str):
+        return build_solver(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={base}',
+                             f'egs_root={egs}', *extra])
+    return make
 
 
 def record_output_dtypes(module: torch.nn.Module, when: tp.Callable[[], bool] = lambda: True) -> tp.Set[torch.dtype]:
@@ -47,7 +42,7 @@ def snapshot(state: tp.Dict[str, torch.Tensor]) -> tp.Dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize('autocast_dtype,base_dtype', [('bfloat16', None), ('bfloat16', 'float16'),
                                                        ('float16', None)])
-def test_training_under_cpu_autocast(exported_bases, egs, autocast_dtype, base_dtype):
+def test_training_under_cpu_autocast(exported_bases, egs, autocast_dtype, base_dtype, make_solver):
     extra = ['autocast=true', f'autocast_dtype={autocast_dtype}', f'label=autocast_{autocast_dtype}_{base_dtype}']
     if base_dtype:
         extra.append(f'extended_model.base_dtype={base_dtype}')
@@ -81,7 +76,8 @@ def test_training_under_cpu_autocast(exported_bases, egs, autocast_dtype, base_d
     assert torch.isfinite(model.generate(['a tone'])).all()
 
 
-def test_nan_loss_under_float16_autocast_stops_before_any_weight_moves(exported_bases, egs):
+def test_nan_loss_under_float16_autocast_stops_before_any_weight_moves(exported_bases, egs, inject_nan_logits,
+                                                                       make_solver):
     """With a GradScaler the optimizer step is skipped by the scaler, and AudioCraft's check after it
     ("Model probably diverged.") becomes our error: the GPU's float16 path, run here on a CPU."""
     xp, solver = make_solver(exported_bases['text'], egs, 'autocast=true', 'autocast_dtype=float16',
@@ -95,19 +91,22 @@ def test_nan_loss_under_float16_autocast_stops_before_any_weight_moves(exported_
     assert all(torch.equal(solver.model.extension_state_dict()[name], value) for name, value in before.items())
 
 
-def extended_tiny(flavour: str, base: str) -> ExtendedMusicGen:
+@pytest.fixture(scope='module')
+def extended_tiny(perturb_extension):
     """A tiny extended model with perturbed new layers; `base`: 'float32', 'float16 storage' (the
     frozen base stored in float16) or 'float16 model' (the whole LM in float16, as AudioCraft loads
     a MusicGen on a GPU; the new layers follow its dtype)."""
-    musicgen = build_tiny_musicgen(flavour)
-    if base == 'float16 model':
-        musicgen.lm.half()
-    torch.manual_seed(0)
-    model = ExtendedMusicGen.from_base(musicgen, num_additional_layers=2)
-    perturb_extension(model.lm)
-    if base == 'float16 storage':
-        model.lm.store_base_in('float16')
-    return model
+    def build(flavour: str, base: str) -> ExtendedMusicGen:
+        musicgen = build_tiny_musicgen(flavour)
+        if base == 'float16 model':
+            musicgen.lm.half()
+        torch.manual_seed(0)
+        model = ExtendedMusicGen.from_base(musicgen, num_additional_layers=2)
+        perturb_extension(model.lm)
+        if base == 'float16 storage':
+            model.lm.store_base_in('float16')
+        return model
+    return build
 
 
 @pytest.mark.parametrize('flavour,base,dtype', [
@@ -116,7 +115,7 @@ def extended_tiny(flavour: str, base: str) -> ExtendedMusicGen:
     ('text', 'float16 model', torch.float16), ('melody', 'float16 storage', torch.bfloat16),
 ])
 @torch.no_grad()
-def test_generation_under_cpu_autocast(flavour, base, dtype, demucs_offline):
+def test_generation_under_cpu_autocast(flavour, base, dtype, demucs_offline, extended_tiny):
     model = extended_tiny(flavour, base)
     model.autocast = TorchAutocast(enabled=True, device_type='cpu', dtype=dtype)  # MusicGen's GPU setting
     new_layer = record_output_dtypes(model.lm.extension.layers[0].linear1)

@@ -6,7 +6,6 @@ from audiocraft_ext import ExtendedLMModel
 from audiocraft_ext.models.distillation import kl_from_base
 from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen
 
-from conftest import condition_tensors, perturb_extension, random_codes
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
@@ -17,7 +16,7 @@ def _extended(flavour: str):
 
 
 @pytest.mark.parametrize('flavour', FLAVOURS)
-def test_base_logits_equal_extended_logits_at_step_0(flavour, demucs_offline):
+def test_base_logits_equal_extended_logits_at_step_0(flavour, demucs_offline, condition_tensors, random_codes):
     base, lm = _extended(flavour)
     codes = random_codes(lm)
     with torch.no_grad():
@@ -34,7 +33,8 @@ def test_base_logits_equal_extended_logits_at_step_0(flavour, demucs_offline):
 
 
 @pytest.mark.parametrize('flavour', FLAVOURS)
-def test_base_logits_differ_from_perturbed_new_layers_and_stay_the_base(flavour, demucs_offline):
+def test_base_logits_differ_from_perturbed_new_layers_and_stay_the_base(flavour, demucs_offline, condition_tensors,
+                                                                       perturb_extension, random_codes):
     base, lm = _extended(flavour)
     codes = random_codes(lm)
     with torch.no_grad():
@@ -50,7 +50,7 @@ def test_base_logits_differ_from_perturbed_new_layers_and_stay_the_base(flavour,
     torch.testing.assert_close(output.logits[valid], plain[valid], rtol=1e-5, atol=1e-5)
 
 
-def test_one_base_pass_and_no_base_gradient():
+def test_one_base_pass_and_no_base_gradient(condition_tensors, perturb_extension, random_codes):
     base, lm = _extended('text')
     perturb_extension(lm)
     lm.train()
@@ -65,7 +65,8 @@ def test_one_base_pass_and_no_base_gradient():
     assert not lm.transformer.with_base_output  # back to plain forwards afterwards
 
 
-def test_kl_is_zero_at_step_0_and_its_gradient_reaches_only_the_new_layers():
+def test_kl_is_zero_at_step_0_and_its_gradient_reaches_only_the_new_layers(condition_tensors, perturb_extension,
+                                                                            random_codes):
     base, lm = _extended('text')
     lm.train()
     torch.manual_seed(0)

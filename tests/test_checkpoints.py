@@ -20,7 +20,6 @@ from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.io.torch_files import read_torch_file
 from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, offline_demucs
 
-from conftest import file_digests, model_logits, perturb_extension
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
@@ -30,13 +29,16 @@ def _copy(directory: Path, destination: Path) -> Path:
     return destination
 
 
-def _extended(base, num_additional_layers=2, seed=1, **kwargs) -> ExtendedMusicGen:
+@pytest.fixture(scope='module')
+def extended(perturb_extension):
     """An extended model of `base` (a path is passed as str), with perturbed new layers."""
-    with offline_demucs():
-        model = ExtendedMusicGen.from_base(str(base) if isinstance(base, Path) else base,
-                                           num_additional_layers, device='cpu', **kwargs)
-    perturb_extension(model.lm, seed)
-    return model
+    def build(base, num_additional_layers=2, seed=1, **kwargs) -> ExtendedMusicGen:
+        with offline_demucs():
+            model = ExtendedMusicGen.from_base(str(base) if isinstance(base, Path) else base,
+                                               num_additional_layers, device='cpu', **kwargs)
+        perturb_extension(model.lm, seed)
+        return model
+    return build
 
 
 def _load(path, **kwargs) -> ExtendedMusicGen:
@@ -61,9 +63,10 @@ def _training_checkpoint(model: MusicGen, exported_dir: Path, path: Path) -> Pat
 
 @pytest.mark.parametrize('flavour,name', [(flavour, 'model.safetensors') for flavour in FLAVOURS] +
                          [('text', 'model_dir')])
-def test_self_contained_round_trip_is_bit_identical_without_the_base(flavour, name, exported_bases, tmp_path):
+def test_self_contained_round_trip_is_bit_identical_without_the_base(flavour, name, exported_bases, tmp_path,
+                                                                     model_logits, extended):
     base_dir = _copy(exported_bases[flavour], tmp_path / 'base')
-    model = _extended(base_dir)
+    model = extended(base_dir)
     model.extension_scale = 0.7
     model.set_generation_params(duration=0.5, top_k=7, extension_scale=0.7)
     expected = model_logits(model)
@@ -83,8 +86,8 @@ def test_self_contained_round_trip_is_bit_identical_without_the_base(flavour, na
     assert loaded.duration == 0.5 and loaded.generation_params['top_k'] == 7  # generation defaults travel too
 
 
-def test_self_contained_file_holds_base_compression_extension_config_and_version(exported_bases, tmp_path):
-    model = _extended(exported_bases['text'])
+def test_self_contained_file_holds_base_compression_extension_config_and_version(exported_bases, tmp_path, extended):
+    model = extended(exported_bases['text'])
     directory = model.save(tmp_path / 'model')
     assert sorted(p.name for p in directory.iterdir()) == [
         'base_lm.safetensors', 'base_lm.yaml', 'compression.safetensors', 'compression.yaml',
@@ -110,9 +113,9 @@ def test_self_contained_file_holds_base_compression_extension_config_and_version
     assert all(torch.equal(single.tensors[part][k], v) for part in pkg.tensors for k, v in pkg.tensors[part].items())
 
 
-def test_adapter_round_trip_and_size(exported_bases, tmp_path):
+def test_adapter_round_trip_and_size(exported_bases, tmp_path, model_logits, extended):
     base_dir = exported_bases['text']
-    model = _extended(base_dir)
+    model = extended(base_dir)
     model.extension_scale = 0.3
     expected = model_logits(model)
     adapter = model.save(tmp_path / 'adapter.safetensors', include_base=False)
@@ -132,8 +135,8 @@ def test_adapter_round_trip_and_size(exported_bases, tmp_path):
     assert torch.equal(model_logits(_load(adapter, base=build_tiny_musicgen('text'))), expected)
 
 
-def test_adapter_refuses_another_base_with_both_hashes(exported_bases, other_text_base, tmp_path):
-    model = _extended(exported_bases['text'])
+def test_adapter_refuses_another_base_with_both_hashes(exported_bases, other_text_base, tmp_path, extended):
+    model = extended(exported_bases['text'])
     adapter = model.save(tmp_path / 'adapter.safetensors', include_base=False)
     trained_on = weights_hash(_torch_load(exported_bases['text'] / 'state_dict.bin')['best_state'])
     other = weights_hash(_torch_load(other_text_base / 'state_dict.bin')['best_state'])
@@ -143,9 +146,9 @@ def test_adapter_refuses_another_base_with_both_hashes(exported_bases, other_tex
     assert trained_on in str(info.value) and other in str(info.value)
 
 
-def test_adapter_refuses_a_base_that_changed_at_its_reference(exported_bases, other_text_base, tmp_path):
+def test_adapter_refuses_a_base_that_changed_at_its_reference(exported_bases, other_text_base, tmp_path, extended):
     base_dir = _copy(exported_bases['text'], tmp_path / 'base')
-    adapter = _extended(base_dir).save(tmp_path / 'adapter.safetensors', include_base=False)
+    adapter = extended(base_dir).save(tmp_path / 'adapter.safetensors', include_base=False)
     for name in ('state_dict.bin', 'compression_state_dict.bin'):
         shutil.copyfile(other_text_base / name, base_dir / name)
     with pytest.raises(CheckpointError) as info:
@@ -153,8 +156,8 @@ def test_adapter_refuses_a_base_that_changed_at_its_reference(exported_bases, ot
     assert weights_hash(_torch_load(other_text_base / 'state_dict.bin')['best_state']) in str(info.value)
 
 
-def test_adapter_of_an_in_memory_base_is_refused_at_save(tmp_path):
-    model = _extended(build_tiny_musicgen('text'))
+def test_adapter_of_an_in_memory_base_is_refused_at_save(tmp_path, model_logits, extended):
+    model = extended(build_tiny_musicgen('text'))
     with pytest.raises(CheckpointError, match='include_base'):
         model.save(tmp_path / 'adapter.safetensors', include_base=False)
     assert not any(tmp_path.iterdir())
@@ -163,8 +166,8 @@ def test_adapter_of_an_in_memory_base_is_refused_at_save(tmp_path):
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
-def test_newer_format_version_is_refused(exported_bases, tmp_path):
-    path = _extended(exported_bases['text']).save(tmp_path / 'model')
+def test_newer_format_version_is_refused(exported_bases, tmp_path, extended):
+    path = extended(exported_bases['text']).save(tmp_path / 'model')
     config_file = path / extension_files.CONFIG_NAME
     config = json.loads(config_file.read_text())
     config['format_version'] = extension_files.FORMAT_VERSION + 1
@@ -187,9 +190,10 @@ class _DiskFull(OSError):
 
 
 @pytest.mark.parametrize('error', [_DiskFull, KeyboardInterrupt])
-def test_save_is_atomic(exported_bases, tmp_path, monkeypatch, error):
+def test_save_is_atomic(exported_bases, tmp_path, monkeypatch, error, file_digests, model_logits, perturb_extension,
+                        extended):
     import safetensors.torch
-    model = _extended(exported_bases['text'])
+    model = extended(exported_bases['text'])
     path = model.save(tmp_path / 'model.safetensors')
     directory = model.save(tmp_path / 'model_dir')
     before, before_dir, expected = path.read_bytes(), file_digests(directory), model_logits(model)
@@ -216,23 +220,23 @@ def test_save_is_atomic(exported_bases, tmp_path, monkeypatch, error):
     assert torch.equal(model_logits(_load(directory)), expected)
 
 
-def test_saved_files_get_the_usual_permissions(exported_bases, tmp_path):
+def test_saved_files_get_the_usual_permissions(exported_bases, tmp_path, extended):
     # A file written through a temporary must end up with the mode a plain open() gives
     # (0o666 minus the umask), not mkstemp's private 0o600: checkpoints are shared and served.
     reference = tmp_path / 'plain'
     reference.write_bytes(b'')
     expected = reference.stat().st_mode & 0o777
-    model = _extended(exported_bases['text'])
+    model = extended(exported_bases['text'])
     written = [model.save(tmp_path / 'full.safetensors'), model.save(tmp_path / 'adapter.safetensors', include_base=False)]
     written += list(model.export_audiocraft(tmp_path / 'export').iterdir())
     written += list(model.save(tmp_path / 'directory').iterdir())
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(expected)}
 
 
-def test_the_base_files_are_never_modified(exported_bases, tmp_path):
+def test_the_base_files_are_never_modified(exported_bases, tmp_path, file_digests, extended):
     base_dir = _copy(exported_bases['text'], tmp_path / 'base')
     before = file_digests(base_dir)
-    model = _extended(base_dir)
+    model = extended(base_dir)
     full = model.save(tmp_path / 'full.safetensors')
     adapter = model.save(tmp_path / 'adapter', include_base=False)
     model.export_audiocraft(tmp_path / 'export')
@@ -263,8 +267,8 @@ def test_weights_hash_accepts_scalar_tensors():
 # --- 9. Loading a base ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize('flavour', FLAVOURS)
-def test_from_base_exported_directory(flavour, exported_bases):
-    model = _extended(exported_bases[flavour], seed=0)
+def test_from_base_exported_directory(flavour, exported_bases, model_logits, extended):
+    model = extended(exported_bases[flavour], seed=0)
     model.extension_scale = 0.0
     reference = build_tiny_musicgen(flavour)  # built independently, same seed as the export
     assert torch.equal(model_logits(model), model_logits(reference))
@@ -273,7 +277,7 @@ def test_from_base_exported_directory(flavour, exported_bases):
         (reference.sample_rate, reference.audio_channels, reference.max_duration)
 
 
-def test_from_base_training_checkpoint(exported_bases, tmp_path):
+def test_from_base_training_checkpoint(exported_bases, tmp_path, model_logits, perturb_extension):
     reference = build_tiny_musicgen('text')
     path = _training_checkpoint(reference, exported_bases['text'], tmp_path / 'checkpoint.th')
     model = ExtendedMusicGen.from_base(str(path), 2, device='cpu')
@@ -285,24 +289,25 @@ def test_from_base_training_checkpoint(exported_bases, tmp_path):
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
-def test_training_checkpoint_base_saves_self_contained(exported_bases, tmp_path):
+def test_training_checkpoint_base_saves_self_contained(exported_bases, tmp_path, model_logits, extended):
     path = _training_checkpoint(build_tiny_musicgen('text'), exported_bases['text'], tmp_path / 'checkpoint.th')
-    model = _extended(path)
+    model = extended(path)
     loaded = _load(model.save(tmp_path / 'model.safetensors'))
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
-def test_stock_loaded_base_saves_self_contained(exported_bases, tmp_path):
+def test_stock_loaded_base_saves_self_contained(exported_bases, tmp_path, model_logits, extended):
     stock = MusicGen.get_pretrained(str(exported_bases['text']), device='cpu')
-    model = _extended(stock)
+    model = extended(stock)
     assert model.base_reference == str(exported_bases['text'].resolve())  # MusicGen keeps where it came from
     loaded = _load(model.save(tmp_path / 'model.safetensors'))
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
 @pytest.mark.parametrize('include_base', [True, False])
-def test_from_base_extended_file_merges_then_extends(exported_bases, tmp_path, include_base):
-    first = _extended(exported_bases['text'], num_additional_layers=2)
+def test_from_base_extended_file_merges_then_extends(exported_bases, tmp_path, include_base, model_logits,
+                                                     perturb_extension, extended):
+    first = extended(exported_bases['text'], num_additional_layers=2)
     first.extension_scale = 0.5
     path = first.save(tmp_path / 'first.safetensors', include_base=include_base)
     second = ExtendedMusicGen.from_base(str(path), 3, device='cpu')
@@ -340,19 +345,21 @@ def test_missing_relative_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
         ExtendedMusicGen.from_base('checkpoints/missing.pt', 2, device='cpu')
 
 
-def _bad_files(tmp_path, exported_bases):
+@pytest.fixture
+def bad_files(tmp_path, exported_bases, extended):
+    """An empty, a random-bytes and a truncated extension file."""
     empty = tmp_path / 'empty.pt'
     empty.write_bytes(b'')
     noise = tmp_path / 'noise.pt'
     noise.write_bytes(os.urandom(4096))
-    full = _extended(exported_bases['text']).save(tmp_path / 'full.safetensors')
+    full = extended(exported_bases['text']).save(tmp_path / 'full.safetensors')
     truncated = tmp_path / 'truncated.safetensors'
     truncated.write_bytes(full.read_bytes()[:full.stat().st_size // 2])
     return [empty, noise, truncated]
 
 
-def test_unreadable_files_raise_checkpoint_errors_naming_the_file(exported_bases, tmp_path):
-    for path in _bad_files(tmp_path, exported_bases):
+def test_unreadable_files_raise_checkpoint_errors_naming_the_file(bad_files):
+    for path in bad_files:
         for load in (lambda p: ExtendedMusicGen.from_base(str(p), 2, device='cpu'), _load):
             with pytest.raises(CheckpointError, match=path.name):
                 load(path)
@@ -402,8 +409,8 @@ def test_wrong_types_are_refused(exported_bases):
         ExtendedMusicGen.from_base(build_tiny_musicgen('text').lm, 2)
 
 
-def test_from_base_extended_instance_merges_then_extends(exported_bases):
-    first = _extended(exported_bases['text'], num_additional_layers=2)
+def test_from_base_extended_instance_merges_then_extends(exported_bases, model_logits, perturb_extension, extended):
+    first = extended(exported_bases['text'], num_additional_layers=2)
     perturb_extension(first.lm)
     second = ExtendedMusicGen.from_base(first, 3)
     assert second.lm.num_base_layers == 4 and second.lm.num_additional_layers == 3
@@ -421,7 +428,8 @@ def test_read_errors_do_not_leak_low_level_exceptions(tmp_path):
 
 # --- 14. Command line: export of an AudioCraft run, convert, info -----------------------------------
 
-def test_export_of_an_audiocraft_musicgen_checkpoint_to_the_stock_layout(exported_bases, tmp_path, capsys):
+def test_export_of_an_audiocraft_musicgen_checkpoint_to_the_stock_layout(exported_bases, tmp_path, capsys,
+                                                                         model_logits):
     from audiocraft_ext import cli
     reference = build_tiny_musicgen('text')
     (tmp_path / 'xp').mkdir()
@@ -433,10 +441,10 @@ def test_export_of_an_audiocraft_musicgen_checkpoint_to_the_stock_layout(exporte
     assert torch.equal(model_logits(stock), model_logits(reference))
 
 
-def test_convert_and_info_of_a_legacy_file(exported_bases, tmp_path, capsys):
+def test_convert_and_info_of_a_legacy_file(exported_bases, tmp_path, capsys, model_logits, extended):
     from audiocraft_ext import cli
     from audiocraft_ext.models.bases import compression_package
-    model = _extended(exported_bases['text'])
+    model = extended(exported_bases['text'])
     model.extension_scale = 0.25
     legacy = tmp_path / 'old.pt'  # what audiocraft-ext 0.1 wrote (format version 1)
     torch.save({'format': extension_files.LEGACY_FORMAT, 'format_version': 1, 'audiocraft_ext_version': '0.1.0',

@@ -14,8 +14,6 @@ import torch
 from audiocraft_ext.data.prepare import prepare_data
 from audiocraft_ext.data.synth_dataset import write_tone_folder
 
-from test_train_entry import run
-
 
 def _free_port() -> int:
     import socket
@@ -25,7 +23,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_dora_run_and_two_gloo_processes_match_one(exported_bases, tmp_path):
+def test_dora_run_and_two_gloo_processes_match_one(exported_bases, tmp_path, run_python):
     """`dora run` (1 process) on a global batch of 4 == 2 CPU ranks (gloo) on the same batch.
 
     Every training item is the same 1 s tone from offset 0 and CFG dropout is off, so the
@@ -43,8 +41,8 @@ def test_dora_run_and_two_gloo_processes_match_one(exported_bases, tmp_path):
                  f'egs_root={tmp_path / "egs"}', 'dataset.batch_size=4', 'dataset.min_segment_ratio=1.0',
                  'dataset.train.merge_text_p=0', 'optim.epochs=1', 'optim.updates_per_epoch=3',
                  'classifier_free_guidance.training_dropout=0', 'generate.every=1000', 'evaluate.every=1000']
-    run(['-m', 'dora', '-P', 'audiocraft_ext', 'run', *overrides], tmp_path, tmp_path / 'single')
-    info = run(['-m', 'dora', '-P', 'audiocraft_ext', 'info', *overrides], tmp_path, tmp_path / 'single')
+    run_python(['-m', 'dora', '-P', 'audiocraft_ext', 'run', *overrides], tmp_path, tmp_path / 'single')
+    info = run_python(['-m', 'dora', '-P', 'audiocraft_ext', 'info', *overrides], tmp_path, tmp_path / 'single')
     single_ckpt, = (tmp_path / 'single' / 'xps').glob('*/checkpoint.th')
     assert single_ckpt.parent.name in info.stdout + info.stderr
     argv = ['-m', 'audiocraft_ext.train', *overrides]

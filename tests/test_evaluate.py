@@ -24,7 +24,6 @@ from audiocraft_ext.data.synth_dataset import write_dataset
 from audiocraft_ext.evaluation import audio_metrics
 from audiocraft_ext.evaluation.report import format_table
 
-from conftest import run_xp
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = [('train', 8), ('valid', 2), ('evaluate', 3), ('generate', 1)]
@@ -46,9 +45,8 @@ def data(tmp_path_factory) -> Path:
     return root / 'egs'
 
 
-
 @pytest.fixture(scope='module')
-def evaluated(data, dora_dir, single_thread_torch):
+def evaluated(data, dora_dir, single_thread_torch, run_xp):
     """(xp of the extension run, report of `python -m audiocraft_ext.evaluate sig=...` in-process)."""
     # The old-domain run skips AudioCraft's and our evaluate stage (time); the new-domain run
     # runs ours at its last epoch, then the command line evaluates it again.
@@ -177,14 +175,13 @@ def test_unavailable_audiocraft_metrics_fail_early_and_clearly():
         audio_metrics.check_optional_metrics(cfg)
 
 
-def test_listening_report(evaluated, dora_dir, tmp_path):
+def test_listening_report(evaluated, dora_dir, tmp_path, parse_html):
     """The evaluate stage wrote report.html; `audiocraft-ext report SIG` rebuilds the same page."""
     from browser import check_page
-    from test_html_report import parse
     xp, report = evaluated
     page = xp.folder / 'evaluation' / 'report' / 'report.html'
     html = page.read_text(encoding='utf-8')
-    checker = parse(page)
+    checker = parse_html(page)
     assert checker.errors == [] and checker.stack == []
     # One row per sample: base, extended and the evaluate-set clip it was conditioned on.
     assert [attrs.get('class') for tag, attrs in checker.tags if tag == 'tr'].count('prompt') == 3

@@ -10,7 +10,6 @@ from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.io.errors import CheckpointError
 from audiocraft_ext.models.tiny import build_tiny_musicgen, offline_demucs
 
-from conftest import condition_tensors, melody_wav, model_logits, perturb_extension, random_codes
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
@@ -18,15 +17,18 @@ DURATION = 0.2  # seconds: 10 frames at 50 frames/s
 HOP = 320       # samples per frame of the tiny EnCodec (16 kHz / 50 Hz)
 
 
-def _pair(flavour='text', perturb=True):
+@pytest.fixture(scope='module')
+def pair(perturb_extension):
     """(base MusicGen, ExtendedMusicGen of an identical base), both set to generate DURATION seconds."""
-    base = build_tiny_musicgen(flavour)
-    model = ExtendedMusicGen.from_base(build_tiny_musicgen(flavour), num_additional_layers=2)
-    if perturb:
-        perturb_extension(model.lm)
-    for m in (base, model):
-        m.set_generation_params(duration=DURATION)
-    return base, model
+    def build(flavour='text', perturb=True):
+        base = build_tiny_musicgen(flavour)
+        model = ExtendedMusicGen.from_base(build_tiny_musicgen(flavour), num_additional_layers=2)
+        if perturb:
+            perturb_extension(model.lm)
+        for m in (base, model):
+            m.set_generation_params(duration=DURATION)
+        return base, model
+    return build
 
 
 def _run(model, mode, seed=0, **kwargs):
@@ -43,8 +45,8 @@ def _prompt(channels, batch=2, seconds=0.1):
 # --- 6. Every MusicGen mode ---------------------------------------------------------------------
 
 @pytest.mark.parametrize('flavour', ['text', 'stereo'])
-def test_generation_modes_give_musicgen_shapes(flavour):
-    base, model = _pair(flavour)
+def test_generation_modes_give_musicgen_shapes(flavour, pair):
+    base, model = pair(flavour)
     channels = 2 if flavour == 'stereo' else 1
     assert isinstance(model, MusicGen)
     assert model.sample_rate == base.sample_rate == 16000
@@ -66,8 +68,8 @@ def test_generation_modes_give_musicgen_shapes(flavour):
         assert ours.dtype == theirs.dtype and torch.isfinite(ours).all(), name
 
 
-def test_return_tokens_gives_audio_and_codes_like_musicgen():
-    base, model = _pair('text')
+def test_return_tokens_gives_audio_and_codes_like_musicgen(pair):
+    base, model = pair('text')
     audio, tokens = _run(model, 'generate', descriptions=['a', 'b'], return_tokens=True)
     base_audio, base_tokens = _run(base, 'generate', descriptions=['a', 'b'], return_tokens=True)
     assert tokens.shape == base_tokens.shape == (2, model.lm.num_codebooks, int(DURATION * 50))
@@ -80,8 +82,8 @@ def test_return_tokens_gives_audio_and_codes_like_musicgen():
     assert cont_tokens.shape == tokens.shape
 
 
-def test_two_step_cfg():
-    base, model = _pair('text')
+def test_two_step_cfg(pair):
+    base, model = pair('text')
     for m in (base, model):
         m.set_generation_params(duration=DURATION, two_step_cfg=True)
     assert model.generation_params['two_step_cfg'] is True
@@ -89,8 +91,8 @@ def test_two_step_cfg():
     assert ours.shape == _run(base, 'generate', descriptions=['a', 'b']).shape == (2, 1, 3200)
 
 
-def test_long_generation_past_max_duration():
-    base, model = _pair('text')
+def test_long_generation_past_max_duration(pair):
+    base, model = pair('text')
     for m in (base, model):
         # MusicGen's constructor sets the default extend_stride (18 s), which must stay below
         # max_duration; so a short max_duration is set after construction, for both.
@@ -110,8 +112,8 @@ def test_long_generation_past_max_duration():
         assert len(windows) >= 2 and max(windows) <= int(0.4 * 50), (mode, windows)
 
 
-def test_progress_printing_and_custom_callback(capsys):
-    _, model = _pair('text')
+def test_progress_printing_and_custom_callback(capsys, pair):
+    _, model = pair('text')
     capsys.readouterr()
     _run(model, 'generate', descriptions=['a'], progress=True)
     assert ' / ' in capsys.readouterr().out  # MusicGen's default progress line
@@ -131,9 +133,9 @@ def test_progress_printing_and_custom_callback(capsys):
     assert calls == []
 
 
-def test_generate_with_chroma_on_melody_base():
+def test_generate_with_chroma_on_melody_base(melody_wav, pair):
     with offline_demucs():
-        _, model = _pair('melody')
+        _, model = pair('melody')
     melody = torch.stack([melody_wav(16000, 0.5, 220.0), melody_wav(16000, 0.5, 330.0)])  # [2, 1, T]
     audio, tokens = _run(model, 'generate_with_chroma', descriptions=['a', 'b'], melody_wavs=melody,
                          melody_sample_rate=16000, return_tokens=True)
@@ -142,15 +144,15 @@ def test_generate_with_chroma_on_melody_base():
     assert model.sample_rate == 16000 and model.audio_channels == 1
 
 
-def test_stereo_output_is_two_channels():
-    _, model = _pair('stereo')
+def test_stereo_output_is_two_channels(pair):
+    _, model = pair('stereo')
     audio, tokens = _run(model, 'generate', descriptions=['a', 'b'], return_tokens=True)
     assert audio.shape == (2, 2, int(DURATION * 50) * HOP)
     assert tokens.shape == (2, 8, int(DURATION * 50))  # interleaved stereo codebooks: 2 x 4
 
 
-def test_generation_goes_through_the_new_layers():
-    base, model = _pair('text')
+def test_generation_goes_through_the_new_layers(pair):
+    base, model = pair('text')
     for m in (base, model):
         m.set_generation_params(duration=DURATION, use_sampling=False)
     base_tokens = _run(base, 'generate', descriptions=['a', 'b'], return_tokens=True)[1]
@@ -163,8 +165,8 @@ def test_generation_goes_through_the_new_layers():
 
 # --- 4. extension_scale on the model -----------------------------------------------------------
 
-def test_extension_scale_through_set_generation_params_and_property():
-    base, model = _pair('text')
+def test_extension_scale_through_set_generation_params_and_property(model_logits, pair):
+    base, model = pair('text')
     expected = model_logits(base)
     full = model_logits(model)
     assert not torch.allclose(full, expected, atol=1e-3)
@@ -182,8 +184,8 @@ def test_extension_scale_through_set_generation_params_and_property():
 
 
 @pytest.mark.parametrize('value', [-1, float('nan'), 'abc'])
-def test_invalid_extension_scale_through_the_model(value):
-    _, model = _pair('text', perturb=False)
+def test_invalid_extension_scale_through_the_model(value, pair):
+    _, model = pair('text', perturb=False)
     for setter in (lambda: model.set_generation_params(duration=0.5, extension_scale=value),
                    lambda: setattr(model, 'extension_scale', value)):
         with pytest.raises((ValueError, TypeError), match='extension_scale'):
@@ -205,7 +207,8 @@ def _export_and_load(model, directory):
     ('text', {}), ('stereo', {}), ('melody', {}),
     ('text', {'layer_scale': 0.1, 'bias_ff': True, 'bias_attn': True}),
 ])
-def test_export_loads_in_stock_musicgen_with_the_same_logits(flavour, base_overrides, tmp_path):
+def test_export_loads_in_stock_musicgen_with_the_same_logits(flavour, base_overrides, tmp_path, model_logits,
+                                                             perturb_extension):
     base = build_tiny_musicgen(flavour, **base_overrides)
     model = ExtendedMusicGen.from_base(base, num_additional_layers=2)
     perturb_extension(model.lm)
@@ -223,9 +226,9 @@ def test_export_loads_in_stock_musicgen_with_the_same_logits(flavour, base_overr
     assert not torch.allclose(exported, model_logits(model), atol=1e-3)
 
 
-def test_exported_model_generates_the_extended_models_tokens(tmp_path):
+def test_exported_model_generates_the_extended_models_tokens(tmp_path, pair):
     # Greedy decoding through stock generate (KV cache, CFG batch or two passes) vs ours.
-    _, model = _pair('text')
+    _, model = pair('text')
     stock = _export_and_load(model, tmp_path / 'export')
     for two_step in (False, True):
         for m in (model, stock):
@@ -242,7 +245,9 @@ def test_export_refuses_new_layers_of_another_architecture(tmp_path):
     assert not (tmp_path / 'export').exists() or not any((tmp_path / 'export').iterdir())
 
 
-def test_activation_checkpointing_keeps_gradients_saves_activations_and_exports(tmp_path):
+def test_activation_checkpointing_keeps_gradients_saves_activations_and_exports(tmp_path, condition_tensors,
+                                                                                model_logits, perturb_extension,
+                                                                                random_codes):
     """`checkpointing='torch'` (a layer override: memory traded for one more forward of the new
     layers) changes neither the gradients nor the exported network."""
     models = [ExtendedMusicGen.from_base(build_tiny_musicgen('text'), 2, checkpointing=mode)

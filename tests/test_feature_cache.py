@@ -6,13 +6,12 @@ import torch
 from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 
-from conftest import condition_tensors, lm_logits, model_logits, perturb_extension, random_codes
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
 
 @pytest.fixture
-def model():
+def model(perturb_extension):
     extended = ExtendedMusicGen.from_base(build_tiny_musicgen('text'), num_additional_layers=2)
     perturb_extension(extended.lm)  # new layers that change the logits
     return extended
@@ -29,7 +28,7 @@ def entries(cache):
     return sorted(cache.folder.rglob('*.pt'))
 
 
-def test_cold_and_warm_passes_equal_the_uncached_logits(model, tmp_path):
+def test_cold_and_warm_passes_equal_the_uncached_logits(model, tmp_path, model_logits):
     reference = model_logits(model)
     cache = model.lm.use_feature_cache(tmp_path)
     calls = BaseCalls(model.lm)
@@ -41,7 +40,7 @@ def test_cold_and_warm_passes_equal_the_uncached_logits(model, tmp_path):
     assert torch.equal(cold, reference) and torch.equal(warm, reference)
 
 
-def test_an_entry_is_the_example_base_output_in_full_precision(model, tmp_path):
+def test_an_entry_is_the_example_base_output_in_full_precision(model, tmp_path, model_logits):
     cache = model.lm.use_feature_cache(tmp_path)
     captured = []
     model.lm.base_transformer.register_forward_hook(lambda module, args, output: captured.append(output))
@@ -56,7 +55,7 @@ def test_an_entry_is_the_example_base_output_in_full_precision(model, tmp_path):
     assert all(path.stat().st_size < steps * model.lm.dim * 4 + 2048 for path in entries(cache))
 
 
-def test_training_gradients_are_the_same_with_cache_hits(model, tmp_path):
+def test_training_gradients_are_the_same_with_cache_hits(model, tmp_path, condition_tensors, random_codes):
     codes = random_codes(model.lm)
     conditions = condition_tensors(model)
 
@@ -76,7 +75,7 @@ def test_training_gradients_are_the_same_with_cache_hits(model, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(reference, warm))
 
 
-def test_only_missing_examples_run_through_the_base(model, tmp_path):
+def test_only_missing_examples_run_through_the_base(model, tmp_path, model_logits):
     reference = model_logits(model, batch=3)
     cache = model.lm.use_feature_cache(tmp_path)
     model_logits(model, batch=2)  # stores examples 0 and 1 (same codes and conditions as rows 0, 1 of 3)
@@ -88,7 +87,8 @@ def test_only_missing_examples_run_through_the_base(model, tmp_path):
     torch.testing.assert_close(logits, reference, rtol=0, atol=1e-5)
 
 
-def test_other_inputs_or_another_base_are_misses(model, tmp_path):
+def test_other_inputs_or_another_base_are_misses(model, tmp_path, condition_tensors, lm_logits, model_logits,
+                                                 random_codes):
     cache = model.lm.use_feature_cache(tmp_path)
     model_logits(model, seed=0)
     cache.take_counts()
@@ -104,7 +104,7 @@ def test_other_inputs_or_another_base_are_misses(model, tmp_path):
     assert other_cache.take_counts() == (0, 2)
 
 
-def test_an_unreadable_entry_is_recomputed_and_rewritten(model, tmp_path):
+def test_an_unreadable_entry_is_recomputed_and_rewritten(model, tmp_path, model_logits):
     reference = model_logits(model)
     cache = model.lm.use_feature_cache(tmp_path)
     model_logits(model)
@@ -116,7 +116,7 @@ def test_an_unreadable_entry_is_recomputed_and_rewritten(model, tmp_path):
     assert torch.load(damaged, weights_only=True)['hidden'].shape[-1] == model.lm.dim
 
 
-def test_max_size_stops_adding_entries_but_not_training(model, tmp_path):
+def test_max_size_stops_adding_entries_but_not_training(model, tmp_path, model_logits):
     reference = model_logits(model)
     cache = model.lm.use_feature_cache(tmp_path, max_bytes=0)
     assert torch.equal(model_logits(model), reference)
@@ -131,7 +131,7 @@ def test_generation_runs_the_base_and_stores_nothing(model, tmp_path):
     assert entries(cache) == [] and cache.take_counts() == (0, 0)
 
 
-def test_turned_off_with_none(model, tmp_path):
+def test_turned_off_with_none(model, tmp_path, model_logits):
     cache = model.lm.use_feature_cache(tmp_path)
     assert model.lm.use_feature_cache(None) is None
     model_logits(model)

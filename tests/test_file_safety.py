@@ -30,7 +30,6 @@ from audiocraft_ext.io.torch_files import read_torch_file
 from audiocraft_ext.models.extended_musicgen import load_base
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 
-from conftest import file_digests, model_logits, perturb_extension, run_xp
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
@@ -61,10 +60,14 @@ def _plant(path: Path, marker: Path) -> Path:
     return path
 
 
-def _extended(base, layers: int = 1) -> ExtendedMusicGen:
-    model = ExtendedMusicGen.from_base(str(base) if isinstance(base, Path) else base, layers, device='cpu')
-    perturb_extension(model.lm)
-    return model
+@pytest.fixture(scope='module')
+def extended(perturb_extension):
+    """`extended(...)`: see `build`."""
+    def build(base, layers: int = 1) -> ExtendedMusicGen:
+        model = ExtendedMusicGen.from_base(str(base) if isinstance(base, Path) else base, layers, device='cpu')
+        perturb_extension(model.lm)
+        return model
+    return build
 
 
 def _legacy_file(model: ExtendedMusicGen, path: Path, include_base: bool = True) -> Path:
@@ -92,8 +95,8 @@ def _training_checkpoint(model: MusicGen, compression: str, path: Path) -> Path:
 
 # ---- hostile files ---------------------------------------------------------------------------
 
-def test_a_payload_in_an_extension_file_never_runs(exported_bases, tmp_path, marker):
-    model = _extended(exported_bases['text'])
+def test_a_payload_in_an_extension_file_never_runs(exported_bases, tmp_path, marker, extended):
+    model = extended(exported_bases['text'])
     for include_base in (True, False):
         path = _plant(_legacy_file(model, tmp_path / f'legacy_{include_base}.pt', include_base), marker)
         with pytest.raises(UnsafeFileError, match='full unpickling'):
@@ -106,9 +109,9 @@ def test_a_payload_in_an_extension_file_never_runs(exported_bases, tmp_path, mar
 
 
 @pytest.mark.parametrize('planted', [LM_FILE, COMPRESSION_FILE])
-def test_a_payload_in_an_exported_base_never_runs(planted, exported_bases, tmp_path, marker):
+def test_a_payload_in_an_exported_base_never_runs(planted, exported_bases, tmp_path, marker, extended):
     base = shutil.copytree(exported_bases['text'], tmp_path / 'base')
-    adapter = _extended(base).save(tmp_path / 'adapter.safetensors', include_base=False)
+    adapter = extended(base).save(tmp_path / 'adapter.safetensors', include_base=False)
     _plant(base / planted, marker)
     for load in (lambda: ExtendedMusicGen.from_base(str(base), 1, device='cpu'),
                  lambda: ExtendedMusicGen.from_base('//pretrained/' + str(base), 1, device='cpu'),
@@ -131,7 +134,7 @@ def test_a_payload_in_an_audiocraft_checkpoint_or_its_codec_never_runs(exported_
         ExtendedMusicGen.from_base(str(checkpoint), 1, device='cpu')
 
 
-def test_a_payload_in_a_training_run_never_runs(exported_bases, egs, dora_dir, tmp_path, marker):
+def test_a_payload_in_a_training_run_never_runs(exported_bases, egs, dora_dir, tmp_path, marker, run_xp):
     argv = ['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
             f'egs_root={egs}', 'optim.epochs=1', 'label=hostile']
     xp, _ = run_xp(argv)
@@ -149,8 +152,8 @@ def test_a_payload_in_a_training_run_never_runs(exported_bases, egs, dora_dir, t
     assert not (tmp_path / 'out.safetensors').exists()
 
 
-def test_a_payload_in_a_feature_cache_entry_is_a_miss(exported_bases, marker, tmp_path):
-    model = _extended(exported_bases['text'])
+def test_a_payload_in_a_feature_cache_entry_is_a_miss(exported_bases, marker, tmp_path, model_logits, extended):
+    model = extended(exported_bases['text'])
     cache = model.lm.use_feature_cache(tmp_path / 'cache')
     expected = model_logits(model)
     for entry in cache.folder.rglob('*.pt'):
@@ -177,10 +180,11 @@ def test_a_file_that_needs_unpickling_loads_only_with_the_opt_in(exported_bases,
 
 # ---- writes -----------------------------------------------------------------------------------
 
-def test_saving_or_exporting_onto_the_base_is_refused_even_with_overwrite(exported_bases, tmp_path):
+def test_saving_or_exporting_onto_the_base_is_refused_even_with_overwrite(exported_bases, tmp_path, file_digests,
+                                                                          extended):
     base = shutil.copytree(exported_bases['text'], tmp_path / 'base')
     before = file_digests(base)
-    model = _extended(base)
+    model = extended(base)
     for overwrite in (False, True):
         for write in (lambda: model.save(base, overwrite=overwrite),
                       lambda: model.save(base / 'state_dict.bin', overwrite=overwrite),
@@ -192,13 +196,14 @@ def test_saving_or_exporting_onto_the_base_is_refused_even_with_overwrite(export
     assert file_digests(base) == before
     # Extending a saved extension again: its file is the new model's base.
     first = model.save(tmp_path / 'first.safetensors')
-    second = _extended(first)
+    second = extended(first)
     with pytest.raises(OverwriteError, match='the base model'):
         second.save(first, overwrite=True)
 
 
-def test_an_existing_output_is_replaced_only_with_overwrite(exported_bases, other_text_base, tmp_path):
-    model = _extended(exported_bases['text'])
+def test_an_existing_output_is_replaced_only_with_overwrite(exported_bases, other_text_base, tmp_path, file_digests,
+                                                            extended):
+    model = extended(exported_bases['text'])
     other = shutil.copytree(other_text_base, tmp_path / 'other_model')
     before = file_digests(other)
     with pytest.raises(OverwriteError, match='already exists \\(an exported MusicGen\\).*overwrite=True'):
@@ -211,7 +216,7 @@ def test_an_existing_output_is_replaced_only_with_overwrite(exported_bases, othe
     assert MusicGen.get_pretrained(str(other), device='cpu').lm.transformer.layers.__len__() == 3
 
 
-def test_export_of_a_run_never_writes_onto_the_run(exported_bases, egs, dora_dir, tmp_path):
+def test_export_of_a_run_never_writes_onto_the_run(exported_bases, egs, dora_dir, tmp_path, file_digests, run_xp):
     xp, _ = run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
                     f'egs_root={egs}', 'optim.epochs=1', 'label=export_onto_run'])
     before = file_digests(xp.folder)
@@ -222,9 +227,9 @@ def test_export_of_a_run_never_writes_onto_the_run(exported_bases, egs, dora_dir
     assert file_digests(xp.folder) == before
 
 
-def test_a_failure_between_the_two_files_of_an_export_keeps_the_previous_export(exported_bases, tmp_path,
-                                                                             monkeypatch):
-    model = _extended(exported_bases['text'])
+def test_a_failure_between_the_two_files_of_an_export_keeps_the_previous_export(
+        exported_bases, tmp_path, monkeypatch, file_digests, model_logits, perturb_extension, extended):
+    model = extended(exported_bases['text'])
     out = model.export_audiocraft(tmp_path / 'export')
     before = file_digests(out)
     expected = model_logits(MusicGen.get_pretrained(str(out), device='cpu'))
@@ -243,7 +248,7 @@ def test_a_failure_between_the_two_files_of_an_export_keeps_the_previous_export(
     assert torch.equal(model_logits(MusicGen.get_pretrained(str(out), device='cpu')), expected)
 
 
-def test_prepare_data_writes_nothing_when_an_input_is_bad(tmp_path, monkeypatch):
+def test_prepare_data_writes_nothing_when_an_input_is_bad(tmp_path, monkeypatch, file_digests):
     from audiocraft_ext.data import prepare
     from audiocraft_ext.data.synth_dataset import write_tone_folder
     write_tone_folder(tmp_path / 'audio', num_files=5, duration=0.5)
@@ -282,8 +287,8 @@ def _flip_a_byte(path: Path, offset_from_end: int = 100) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_flipped_byte_is_caught(exported_bases, tmp_path):
-    model = _extended(exported_bases['text'])
+def test_a_flipped_byte_is_caught(exported_bases, tmp_path, extended):
+    model = extended(exported_bases['text'])
     directory = model.save(tmp_path / 'model')
     _flip_a_byte(directory / 'extension.safetensors')
     with pytest.raises(IntegrityError, match='extension.safetensors does not match the sha256'):
@@ -310,8 +315,8 @@ def _rewrite_extension(directory: Path, change: tp.Callable[[tp.Dict[str, torch.
     (directory / extension_files.CONFIG_NAME).write_text(json.dumps(config))
 
 
-def test_missing_key_wrong_shape_and_nan_each_get_their_error(exported_bases, tmp_path):
-    model = _extended(exported_bases['text'])
+def test_missing_key_wrong_shape_and_nan_each_get_their_error(exported_bases, tmp_path, extended):
+    model = extended(exported_bases['text'])
     cases = {
         'missing: layers.0.linear2.weight': lambda state: state.pop('layers.0.linear2.weight'),
         'wrong shape: layers.0.linear1.weight': lambda state: state.update(
@@ -326,9 +331,9 @@ def test_missing_key_wrong_shape_and_nan_each_get_their_error(exported_bases, tm
             ExtendedMusicGen.get_pretrained(directory, device='cpu')
 
 
-def test_an_altered_embedded_base_is_named_as_such(exported_bases, tmp_path):
+def test_an_altered_embedded_base_is_named_as_such(exported_bases, tmp_path, extended):
     from audiocraft_ext.io.hashing import file_sha256
-    directory = _extended(exported_bases['text']).save(tmp_path / 'model')
+    directory = extended(exported_bases['text']).save(tmp_path / 'model')
     path = directory / 'base_lm.safetensors'
     state = safetensors.torch.load_file(str(path))
     key = next(k for k in state if k.endswith('linear1.weight'))
@@ -341,10 +346,10 @@ def test_an_altered_embedded_base_is_named_as_such(exported_bases, tmp_path):
         ExtendedMusicGen.get_pretrained(directory, device='cpu')
 
 
-def test_a_moved_base_names_its_hash_and_the_override(exported_bases, tmp_path, monkeypatch):
+def test_a_moved_base_names_its_hash_and_the_override(exported_bases, tmp_path, monkeypatch, model_logits, extended):
     base = shutil.copytree(exported_bases['text'], tmp_path / 'base')
     monkeypatch.chdir(tmp_path)
-    model = _extended(Path('base'))  # relative: stored absolute
+    model = extended(Path('base'))  # relative: stored absolute
     assert model.base_reference == str(base.resolve())
     adapter = model.save('adapter.safetensors', include_base=False)
     monkeypatch.chdir(exported_bases['text'].parent)
@@ -375,7 +380,8 @@ def _hub_repo(cache: Path, repo_id: str, files: tp.Dict[str, Path], commit: str 
     (folder / 'refs' / 'main').write_text(commit)
 
 
-def test_hub_ids_load_offline_from_a_filled_cache(exported_bases, tmp_path, monkeypatch):
+def test_hub_ids_load_offline_from_a_filled_cache(exported_bases, tmp_path, monkeypatch, model_logits,
+                                                  perturb_extension):
     import huggingface_hub.constants
     cache = tmp_path / 'hub'
     _hub_repo(cache, 'someone/tiny-musicgen', {name: exported_bases['text'] / name

@@ -14,7 +14,6 @@ from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.models.feature_cache import BaseFeatureCache
 from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict
 
-from conftest import run_xp
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 FRAMES = 10
@@ -207,7 +206,7 @@ def test_replay_features_from_the_cache_train_the_same(tmp_path):
 
 # ---- through the solver, with the default config keys -----------------------------------------
 
-def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, dora_dir, tmp_path):
+def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, dora_dir, tmp_path, run_xp):
     cache = tmp_path / 'replay'
     xp, solver = run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
                          f'egs_root={egs}', f'replay.cache_dir={cache}', 'evaluate.samples=false',
@@ -235,7 +234,7 @@ def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, 
     assert sum(reference['base']['tokens_per_codebook']) > 0
 
 
-def test_solver_replays_an_old_domain_manifest(exported_bases, egs, dora_dir):
+def test_solver_replays_an_old_domain_manifest(exported_bases, egs, dora_dir, run_xp):
     xp, solver = run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
                          f'egs_root={egs}', f'replay.manifest={egs}', 'replay.ratio=1.0', 'replay.ce_weight=1.0',
                          f'evaluate.reference_dset={egs}', 'evaluate.samples=false', 'evaluate.audio_metrics=false',
@@ -252,25 +251,25 @@ def test_solver_replays_an_old_domain_manifest(exported_bases, egs, dora_dir):
     (['replay.ratio=-1'], 'replay.ratio'),
     (['replay.holdout=6'], 'replay.holdout'),
 ])
-def test_bad_forgetting_settings_are_refused_clearly(exported_bases, egs, dora_dir, override, words):
+def test_bad_forgetting_settings_are_refused_clearly(exported_bases, egs, dora_dir, override, words, run_xp):
     with pytest.raises(ValueError, match=words):
         run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
                 f'egs_root={egs}', *override])
 
 
-def test_replay_manifest_that_does_not_exist_is_refused(exported_bases, egs, dora_dir, tmp_path):
+def test_replay_manifest_that_does_not_exist_is_refused(exported_bases, egs, dora_dir, tmp_path, run_xp):
     with pytest.raises(FileNotFoundError, match='replay.manifest'):
         run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
                 f'egs_root={egs}', f'replay.manifest={tmp_path / "nothing"}'])
 
 
-def test_replay_manifest_with_a_token_cache_write_is_refused(exported_bases, egs, dora_dir, tmp_path):
+def test_replay_manifest_with_a_token_cache_write_is_refused(exported_bases, egs, dora_dir, tmp_path, run_xp):
     with pytest.raises(ValueError, match='would write replay batches into the token cache'):
         run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
                 f'egs_root={egs}', f'replay.manifest={egs}', 'cache.write=true', f'cache.path={tmp_path / "tokens"}'])
 
 
-def test_solver_with_own_prompts_and_with_replay_off(exported_bases, egs, dora_dir, tmp_path):
+def test_solver_with_own_prompts_and_with_replay_off(exported_bases, egs, dora_dir, tmp_path, run_xp):
     prompts = tmp_path / 'my_prompts.txt'
     prompts.write_text('# captions like the base was trained on\nsoft piano, 70 bpm\nfast drums, 140 bpm\n')
     common = ['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',

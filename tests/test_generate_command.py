@@ -20,23 +20,21 @@ import soundfile
 from audiocraft_ext import cli
 from audiocraft_ext.models.tiny import build_tiny_musicgen, offline_demucs
 
-from conftest import perturb_extension
 
 COMMAND = str(Path(sys.executable).parent / 'audiocraft-ext')
 SAMPLE_RATE = 16000
 
 
-def save_model(path: Path, flavour: str = 'text', extension_seed: int = 1) -> Path:
-    from audiocraft_ext import ExtendedMusicGen
-    with offline_demucs():
-        model = ExtendedMusicGen.from_base(build_tiny_musicgen(flavour, seed=0), num_additional_layers=1)
-    perturb_extension(model.lm, seed=extension_seed, std=0.2)
-    return model.save(path)
-
-
 @pytest.fixture(scope='module')
-def models(tmp_path_factory) -> tp.Dict[str, Path]:
+def models(tmp_path_factory, perturb_extension) -> tp.Dict[str, Path]:
     """Two text models on the same base with different new layers, and a melody model."""
+    from audiocraft_ext import ExtendedMusicGen
+
+    def save_model(path: Path, flavour: str = 'text', extension_seed: int = 1) -> Path:
+        with offline_demucs():
+            model = ExtendedMusicGen.from_base(build_tiny_musicgen(flavour, seed=0), num_additional_layers=1)
+        perturb_extension(model.lm, seed=extension_seed, std=0.2)
+        return model.save(path)
     root = tmp_path_factory.mktemp('models')
     return {'text': save_model(root / 'text.safetensors'), 'other': save_model(root / 'other.safetensors', extension_seed=2),
             'melody': save_model(root / 'melody.safetensors', 'melody')}

@@ -4,7 +4,6 @@ every player loads its file in a real browser.
 The page is written from synthetic tones and a hand-written metrics report; the evaluation's and
 the demo's own pages are checked in test_evaluate.py and test_demo.py.
 """
-from html.parser import HTMLParser
 import json
 import os
 from pathlib import Path
@@ -22,20 +21,6 @@ from browser import check_page
 
 SAMPLE_RATE = 16000
 EVIL = '<script>alert("caption")</script> & <b>bold</b>'
-VOID = {'area', 'base', 'br', 'col', 'embed', 'hr', 'img', 'input', 'link', 'meta', 'source', 'track', 'wbr'}
-METRICS = {
-    'sig': 'abc123', 'epoch': 3, 'checkpoint': '/runs/xps/abc123/checkpoint.th', 'extension_scale': 1.0,
-    'base_model': 'facebook/musicgen-small', 'base_hash': 'f00d',
-    'sets': {
-        'new': {'base': {'ce': 3.5, 'ppl': 33.1}, 'extended': {'ce': 3.25, 'ppl': 25.8}, 'dataset': 'egs/new'},
-        'reference': {'base': {'ce': 3.0, 'ppl': 20.1}, 'extended': {'ce': 3.1, 'ppl': 22.2}, 'dataset': 'egs/old'},
-        # A set this module does not know: shown like every set but `new`, as forgetting.
-        'base_generations': {'base': {'ce': 2.0, 'ppl': 7.39}, 'extended': {'ce': 1.875, 'ppl': 6.52}},
-    },
-    'scale_sweep': {'scales': [0.0, 0.5, 1.0], 'new': [3.5, 3.3, 3.25], 'reference': [3.0, 3.02, 3.1]},
-    'audio': {'base': {'frechet_encodec_latent_distance': 0.25}, 'extended': {'frechet_encodec_latent_distance': 0.125},
-              'reconstruction': {'frechet_encodec_latent_distance': 0.0625}, 'num_items': 3, 'duration': 1.0},
-}
 
 
 def tone(path: Path, freq: float, seconds: float = 1.0) -> Path:
@@ -66,56 +51,27 @@ def rows_and_plot(root: Path) -> tp.Tuple[tp.List[PromptRow], Path]:
     return rows, root / 'sweep.png'
 
 
-def write(folder: Path, sources: Path, **kwargs) -> Path:
-    rows, plot = rows_and_plot(sources)
-    return write_report(folder, 'Listening report: XP abc123', rows, METRICS,
-                        {'cross entropy vs extension_scale': plot, 'absent plot': None},
-                        {'base': 'facebook/musicgen-small', 'run': {'epochs': 3, 'data': ['a', 'b']}}, **kwargs)
+@pytest.fixture(scope='module')
+def write(report_metrics):
+    """`write(folder, sources, **kwargs) -> page`: the report of `rows_and_plot(sources)` and `report_metrics`."""
+    def write_(folder: Path, sources: Path, **kwargs) -> Path:
+        rows, plot = rows_and_plot(sources)
+        return write_report(folder, 'Listening report: XP abc123', rows, report_metrics,
+                            {'cross entropy vs extension_scale': plot, 'absent plot': None},
+                            {'base': 'facebook/musicgen-small', 'run': {'epochs': 3, 'data': ['a', 'b']}}, **kwargs)
+    return write_
 
 
 @pytest.fixture(scope='module')
-def page(tmp_path_factory) -> Path:
+def page(tmp_path_factory, write) -> Path:
     root = tmp_path_factory.mktemp('html')
     return write(root / 'report', root / 'sources')
 
 
-class TagChecker(HTMLParser):
-    """Balanced tags (void elements aside), every tag and attribute collected."""
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.stack: tp.List[str] = []
-        self.errors: tp.List[str] = []
-        self.tags: tp.List[tp.Tuple[str, dict]] = []
-        self.text: tp.List[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        if tag not in VOID:
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        if tag in VOID:
-            self.errors.append(f'end tag for void element <{tag}>')
-        elif not self.stack or self.stack[-1] != tag:
-            self.errors.append(f'</{tag}> closes <{self.stack[-1] if self.stack else None}>')
-        else:
-            self.stack.pop()
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def parse(page: Path) -> TagChecker:
-    checker = TagChecker()
-    checker.feed(page.read_text(encoding='utf-8'))
-    checker.close()
-    return checker
-
-
-def test_html_is_valid_and_escaped(page):
+def test_html_is_valid_and_escaped(page, parse_html):
     html = page.read_text(encoding='utf-8')
     assert html.startswith('<!DOCTYPE html>')
-    checker = parse(page)
+    checker = parse_html(page)
     assert checker.errors == [] and checker.stack == []
     # The caption is text, not markup: no script and no <b> element anywhere on the page.
     assert not [tag for tag, _ in checker.tags if tag in ('script', 'b')]
@@ -129,15 +85,15 @@ def test_html_is_valid_and_escaped(page):
     assert 'Run configuration' in html and '<details' in html and 'run.epochs' in html
 
 
-def test_every_link_is_a_file_in_the_folder(page):
+def test_every_link_is_a_file_in_the_folder(page, parse_html, report_metrics):
     folder = page.parent.resolve()
-    links = [value for tag, attrs in parse(page).tags for key, value in attrs.items() if key in ('src', 'href')]
+    links = [value for tag, attrs in parse_html(page).tags for key, value in attrs.items() if key in ('src', 'href')]
     assert len(links) >= 8 + 8 + 1 + 1  # audio, spectrograms, plot, metrics.json
     for link in links:
         assert not urlparse(link).scheme and not link.startswith('/'), link
         target = (folder / link).resolve()
         assert target.is_relative_to(folder) and target.is_file(), link
-    assert json.loads((folder / 'metrics.json').read_text()) == METRICS
+    assert json.loads((folder / 'metrics.json').read_text()) == report_metrics
     assert not list(folder.rglob('*absent*'))
 
 
@@ -165,17 +121,17 @@ def test_reference_clip_is_the_requested_segment(page):
         (page.parent.parent / 'sources' / 'base0.wav').read_bytes()
 
 
-def test_a_failed_rewrite_keeps_the_previous_report(tmp_path):
+def test_a_failed_rewrite_keeps_the_previous_report(tmp_path, report_metrics, write):
     page = write(tmp_path / 'report', tmp_path / 'sources')
     before = {p: p.read_bytes() for p in page.parent.rglob('*') if p.is_file()}
     rows = [PromptRow('gone', [Clip('base', tmp_path / 'missing.wav')])]
     with pytest.raises(ReportError, match='Cannot read the audio .*missing.wav'):
-        write_report(page.parent, 'again', rows, METRICS, {}, {})
+        write_report(page.parent, 'again', rows, report_metrics, {}, {})
     assert {p: p.read_bytes() for p in page.parent.rglob('*') if p.is_file()} == before
     assert sorted(os.listdir(tmp_path)) == ['report', 'sources']  # no temporary folder left
 
 
-def test_mp3_pages_are_smaller_and_play(tmp_path):
+def test_mp3_pages_are_smaller_and_play(tmp_path, write):
     page = write(tmp_path / 'report', tmp_path / 'sources', audio_format='mp3')
     mp3s = sorted((page.parent / 'audio').glob('*.mp3'))
     assert len(mp3s) == 8 and not list((page.parent / 'audio').glob('*.wav'))
@@ -185,6 +141,14 @@ def test_mp3_pages_are_smaller_and_play(tmp_path):
     assert sample_rate == SAMPLE_RATE and abs(len(decoded) - SAMPLE_RATE) < 2000  # encoder padding
     checks = check_page(page)
     assert [a for a in checks['audio'] if a['error'] is not None or a['readyState'] < 1] == []
+
+
+def test_mp3_without_ffmpeg_is_a_clear_error(tmp_path, monkeypatch, report_metrics):
+    rows, plot = rows_and_plot(tmp_path / 'sources')
+    monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
+    with pytest.raises(ReportError, match="audio_format='mp3' needs the ffmpeg command"):
+        write_report(tmp_path / 'report', 'title', rows, report_metrics, {}, {}, audio_format='mp3')
+    assert not (tmp_path / 'report').exists()
 
 
 def test_page_in_a_headless_browser(page, tmp_path):

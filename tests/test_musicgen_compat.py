@@ -29,7 +29,6 @@ from audiocraft_ext.io.errors import CheckpointError
 from audiocraft_ext.models.inputs import GenerationInputError
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 
-from conftest import condition_tensors, lm_logits, perturb_extension, random_codes, train_extension
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
@@ -61,12 +60,12 @@ def debug_base(seed: int = 0) -> MusicGen:
 # ---- tests/models/test_musicgen.py, on the extended debug model -------------------------------
 class TestExtendedMusicGenModel:
     @pytest.fixture(autouse=True)
-    def _spacy(self, offline_spacy):
-        pass
+    def _spacy(self, offline_spacy, perturb_extension):
+        self.perturb_extension = perturb_extension
 
     def get_musicgen(self) -> ExtendedMusicGen:
         mg = ExtendedMusicGen.from_base(debug_base())
-        perturb_extension(mg.lm)
+        self.perturb_extension(mg.lm)
         mg.set_generation_params(duration=2.0, extend_stride=2.)
         return mg
 
@@ -146,12 +145,15 @@ def test_bad_input_raises_the_class_musicgen_raises_with_our_message(case, demuc
 
 
 # ---- tests/modules/test_transformer.py streaming tests, on ExtendedLMModel ---------------------
-def extended_lm(num_additional_layers: int = 2, **base_overrides) -> ExtendedLMModel:
+@pytest.fixture(scope='module')
+def extended_lm(perturb_extension):
     """A tiny text base with perturbed new layers (dropout 0), in eval mode."""
-    base = build_tiny_musicgen('text', **base_overrides)
-    lm = ExtendedLMModel(base.lm, num_additional_layers)
-    perturb_extension(lm)
-    return lm.eval()
+    def build(num_additional_layers: int = 2, **base_overrides) -> ExtendedLMModel:
+        base = build_tiny_musicgen('text', **base_overrides)
+        lm = ExtendedLMModel(base.lm, num_additional_layers)
+        perturb_extension(lm)
+        return lm.eval()
+    return build
 
 
 def relative_delta(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -170,7 +172,7 @@ def stream(lm: ExtendedLMModel, codes: torch.Tensor, conditions, frame_sizes=Non
 
 
 @pytest.mark.parametrize('context,custom', list(product([None, 10], [False, True])))
-def test_causal_streaming(context, custom):
+def test_causal_streaming(context, custom, condition_tensors, random_codes, extended_lm):
     torch.manual_seed(1234)
     # As AudioCraft's test: 1 layer with a limited context (each layer widens the receptive field).
     layers = 1 if context else 2
@@ -203,7 +205,7 @@ def test_causal_streaming(context, custom):
         assert relative_delta(lm(codes, [], condition_tensors=conditions), full) > 1e-3
 
 
-def test_streaming_api():
+def test_streaming_api(condition_tensors, random_codes, extended_lm):
     lm = extended_lm()
     conditions, codes = condition_tensors(build_tiny_musicgen('text'), batch=1), random_codes(lm, 1, 12)
     with torch.no_grad(), lm.streaming():
@@ -220,7 +222,7 @@ def test_streaming_api():
 
 
 @torch.no_grad()
-def test_streaming_memory_efficient():
+def test_streaming_memory_efficient(condition_tensors, random_codes, extended_lm):
     set_efficient_attention_backend('torch')
     torch.manual_seed(1234)
     custom = extended_lm(custom=True, memory_efficient=False)
@@ -235,7 +237,8 @@ def test_streaming_memory_efficient():
 
 
 # ---- post-norm bases: AudioCraft's debug LM ---------------------------------------------------
-def test_new_layers_on_a_post_norm_base_are_pre_norm_and_step_0_equals_the_base(offline_spacy):
+def test_new_layers_on_a_post_norm_base_are_pre_norm_and_step_0_equals_the_base(offline_spacy, condition_tensors,
+                                                                                lm_logits, random_codes):
     base = debug_base()
     assert not any(layer.norm_first for layer in base.lm.transformer.layers), "the debug LM is post-norm"
     conditions, codes = condition_tensors(base), random_codes(base.lm)
@@ -246,7 +249,8 @@ def test_new_layers_on_a_post_norm_base_are_pre_norm_and_step_0_equals_the_base(
     assert torch.equal(lm_logits(model.lm, conditions, codes), expected)
 
 
-def test_training_on_a_post_norm_base_changes_the_new_layers_only(offline_spacy):
+def test_training_on_a_post_norm_base_changes_the_new_layers_only(offline_spacy, condition_tensors, lm_logits,
+                                                                  random_codes, train_extension):
     base = debug_base()
     torch.manual_seed(0)
     model = ExtendedMusicGen.from_base(base, num_additional_layers=2)

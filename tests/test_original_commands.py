@@ -23,7 +23,6 @@ from audiocraft.models import MusicGen
 from audiocraft_ext import ExtendedMusicGen, evaluate, train
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 
-from conftest import perturb_extension
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +119,7 @@ def test_the_original_import_is_not_ours_to_offer():
     assert namespace['ExtendedMusicGen'] is ExtendedMusicGen and issubclass(ExtendedMusicGen, MusicGen)
 
 
-def test_load_generate_and_save_as_the_original_wrote_them(tmp_path, monkeypatch, capsys):
+def test_load_generate_and_save_as_the_original_wrote_them(tmp_path, monkeypatch, capsys, perturb_extension):
     trained = ExtendedMusicGen.from_base(build_tiny_musicgen('text'), num_additional_layers=2)
     perturb_extension(trained.lm)
     path = trained.save(tmp_path / 'extended_model_checkpoint.pt')

@@ -6,17 +6,16 @@ Runs use the exported tiny text base and the debug config (2 updates per epoch o
 """
 import builtins
 import math
+import multiprocessing
 import os
 from pathlib import Path
 import shutil
-import subprocess
-import sys
+import time
 import typing as tp
 
 import pytest
 import torch
 
-from audiocraft_ext import train
 from audiocraft_ext.io import extension_files
 from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
@@ -27,43 +26,30 @@ from audiocraft_ext.solvers.run_lock import LOCK_NAME, RunLock, RunLockedError
 pytestmark = pytest.mark.usefixtures('dora_dir')  # every run here writes to a temporary Dora folder
 
 
-
-
 def argv(base: tp.Any, egs: Path, *extra: str) -> tp.List[str]:
     return ['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={base}', f'egs_root={egs}',
             *extra]
 
 
-def make_solver(args: tp.List[str]):
-    xp = train.main.get_xp(args)
-    train.main.init_xp(xp)
-    with xp.enter():
-        solver = train.get_solver(xp.cfg)
-    solver.should_run_stage = lambda stage: False  # no evaluate / generate stages: training is tested here
-    return xp, solver
+@pytest.fixture(scope='module')
+def make_solver(build_solver):
+    """`make_solver(args) -> (xp, solver)`, without the evaluate and generate stages: training is tested here."""
+    def make(args: tp.List[str]):
+        xp, solver = build_solver(args)
+        solver.should_run_stage = lambda stage: False
+        return xp, solver
+    return make
 
 
-def run(args: tp.List[str]):
-    xp, solver = make_solver(args)
-    with xp.enter():
-        solver.run()
-    return xp, solver
-
-
-def inject_nan_logits(solver, when: tp.Callable[[int], bool]) -> tp.List[int]:
-    """Make the model's logits NaN on the training steps (counted from 0) for which `when` is true."""
-    original = solver.model.compute_predictions
-    calls: tp.List[int] = []
-
-    def compute_predictions(*args, **kwargs):
-        output = original(*args, **kwargs)
-        if solver.is_training:
-            calls.append(len(calls))
-            if when(calls[-1]):
-                output.logits.data.fill_(float('nan'))
-        return output
-    solver.model.compute_predictions = compute_predictions
-    return calls
+@pytest.fixture(scope='module')
+def run(make_solver):
+    """`run(args) -> (xp, solver)`: `make_solver(args)`, then its run."""
+    def run_(args: tp.List[str]):
+        xp, solver = make_solver(args)
+        with xp.enter():
+            solver.run()
+        return xp, solver
+    return run_
 
 
 def extension(solver) -> tp.Dict[str, torch.Tensor]:
@@ -71,7 +57,8 @@ def extension(solver) -> tp.Dict[str, torch.Tensor]:
 
 
 # ---- numerical faults --------------------------------------------------------------------------
-def test_nan_loss_stops_before_the_optimizer_and_keeps_the_last_checkpoint(exported_bases, egs):
+def test_nan_loss_stops_before_the_optimizer_and_keeps_the_last_checkpoint(exported_bases, egs, inject_nan_logits,
+                                                                           make_solver, run):
     xp, solver = make_solver(argv(exported_bases['text'], egs, 'label=nan_stop'))
     before: tp.Dict[str, torch.Tensor] = {}
 
@@ -96,7 +83,7 @@ def test_nan_loss_stops_before_the_optimizer_and_keeps_the_last_checkpoint(expor
     assert len(torch.load(xp.folder / 'checkpoint.th')['history']) == 2
 
 
-def test_nan_gradients_are_caught_too_and_skipped_when_allowed(exported_bases, egs):
+def test_nan_gradients_are_caught_too_and_skipped_when_allowed(exported_bases, egs, inject_nan_logits, make_solver):
     xp, solver = make_solver(argv(exported_bases['text'], egs, 'label=nan_skip', 'skip_nonfinite_steps=1'))
     inject_nan_logits(solver, lambda step: step == 0)  # NaN loss on the first step
     parameter = solver.model.trainable_parameters()[0]
@@ -120,7 +107,7 @@ def test_nan_gradients_are_caught_too_and_skipped_when_allowed(exported_bases, e
 
 
 # ---- concurrency: one run per experiment folder -----------------------------------------------
-def test_second_run_on_the_same_signature_is_refused(exported_bases, egs):
+def test_second_run_on_the_same_signature_is_refused(exported_bases, egs, make_solver, run):
     args = argv(exported_bases['text'], egs, 'label=locked', 'optim.epochs=1')
     xp, solver = make_solver(args)
     with RunLock(xp.folder):  # as another process running this XP would hold it
@@ -132,16 +119,11 @@ def test_second_run_on_the_same_signature_is_refused(exported_bases, egs):
     assert (xp.folder / 'checkpoint.th').exists()
 
 
-_HOLD_LOCK_WITHOUT_FLOCK = """
-import errno, fcntl, sys, time
-def no_flock(*args):
-    raise OSError(errno.ENOSYS, 'Function not implemented')
-fcntl.flock = no_flock
-from audiocraft_ext.solvers.run_lock import RunLock
-RunLock(sys.argv[1]).acquire()
-print('locked', flush=True)
-time.sleep(600)
-"""
+def _hold_lock(folder: Path, locked: tp.Any) -> None:
+    """In a forked process: take the run lock of `folder`, say so, hold it until killed."""
+    RunLock(folder).acquire()
+    locked.set()
+    time.sleep(600)
 
 
 def test_lock_without_flock_refuses_a_live_holder_and_replaces_a_dead_one(tmp_path, monkeypatch):
@@ -151,22 +133,25 @@ def test_lock_without_flock_refuses_a_live_holder_and_replaces_a_dead_one(tmp_pa
     def no_flock(*args):
         raise OSError(errno.ENOSYS, 'Function not implemented')
     monkeypatch.setattr(fcntl, 'flock', no_flock)  # as on a file system without flock: filelock's marker file
-    holder = subprocess.Popen([sys.executable, '-c', _HOLD_LOCK_WITHOUT_FLOCK, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True)
+    # The holder is another process, forked: it inherits the patch, and no half-minute import.
+    context = multiprocessing.get_context('fork')
+    locked = context.Event()
+    holder = context.Process(target=_hold_lock, args=(tmp_path, locked), daemon=True)
+    holder.start()
     try:
-        assert holder.stdout.readline().strip() == 'locked'
+        assert locked.wait(timeout=60), "the holder did not take the lock"
         with pytest.raises(RunLockedError, match=f'pid={holder.pid}'):
             RunLock(tmp_path).acquire()
     finally:
         holder.kill()  # SIGKILL: the marker file stays behind, naming a process that is gone
-        holder.wait()
+        holder.join()
     assert (tmp_path / LOCK_NAME).exists()
     with pytest.warns(UserWarning, match='falling back to SoftFileLock'), RunLock(tmp_path):
         assert f'pid={os.getpid()}' in (tmp_path / (LOCK_NAME + '.holder')).read_text()
 
 
 # ---- interrupted checkpoint writes ------------------------------------------------------------
-def test_a_checkpoint_write_killed_halfway_leaves_the_previous_one(exported_bases, egs, monkeypatch):
+def test_a_checkpoint_write_killed_halfway_leaves_the_previous_one(exported_bases, egs, monkeypatch, run):
     args = argv(exported_bases['text'], egs, 'label=killed_save')
     xp, solver = run(args)
     path = xp.folder / 'checkpoint.th'
@@ -202,7 +187,7 @@ def test_a_checkpoint_write_killed_halfway_leaves_the_previous_one(exported_base
 
 
 # ---- base integrity ----------------------------------------------------------------------------
-def test_the_base_is_only_read_and_its_hash_is_in_every_checkpoint(exported_bases, egs, tmp_path, monkeypatch):
+def test_the_base_is_only_read_and_its_hash_is_in_every_checkpoint(exported_bases, egs, tmp_path, monkeypatch, run):
     base = shutil.copytree(exported_bases['text'], tmp_path / 'base')
     files = sorted(p for p in base.rglob('*') if p.is_file())
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}

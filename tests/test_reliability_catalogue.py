@@ -12,7 +12,7 @@ import typing as tp
 import pytest
 import torch
 
-from audiocraft_ext import ExtendedMusicGen, train
+from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.data.prepare import prepare_data
 from audiocraft_ext.data.synth_dataset import write_tone_folder
 from audiocraft_ext.io.errors import CheckpointError
@@ -20,7 +20,6 @@ from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.data.checks import DataCheckError
 
 pytestmark = pytest.mark.usefixtures('dora_dir')  # every run here writes to a temporary Dora folder
-
 
 
 def make_egs(root: Path) -> Path:
@@ -34,15 +33,13 @@ def good_egs(tmp_path_factory) -> Path:
     return make_egs(tmp_path_factory.mktemp('good'))
 
 
-def solver(base: tp.Any, egs: Path, *extra: str, restore: bool = False):
-    args = ['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={base}', f'egs_root={egs}', *extra]
-    xp = train.main.get_xp(args)
-    train.main.init_xp(xp)
-    with xp.enter():
-        built = train.get_solver(xp.cfg)
-        if restore:
-            built.restore()
-    return built
+@pytest.fixture(scope='module')
+def solver(build_solver):
+    """`solver(base, egs, *extra, restore=False)`: the debug config's solver on `base` and `egs`."""
+    def build(base: tp.Any, egs: Path, *extra: str, restore: bool = False):
+        args = ['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={base}', f'egs_root={egs}', *extra]
+        return build_solver(args, restore=restore)[1]
+    return build
 
 
 def first_train_file(egs: Path) -> Path:
@@ -89,7 +86,7 @@ DATA_CASES = {
 
 
 @pytest.mark.parametrize('case', sorted(DATA_CASES))
-def test_bad_training_data_stops_before_training_naming_the_file(case, exported_bases, tmp_path):
+def test_bad_training_data_stops_before_training_naming_the_file(case, exported_bases, tmp_path, solver):
     how, error, pattern = DATA_CASES[case]
     egs = make_egs(tmp_path)
     break_data(how)(egs)
@@ -98,12 +95,12 @@ def test_bad_training_data_stops_before_training_naming_the_file(case, exported_
     assert 'audiocraft-ext prepare-data' in str(info.value) or 'egs_root' in str(info.value)
 
 
-def test_egs_root_that_does_not_exist(exported_bases, tmp_path):
+def test_egs_root_that_does_not_exist(exported_bases, tmp_path, solver):
     with pytest.raises(DataCheckError, match=r'datasource\.\w+=.*no manifest at .*set egs_root to a folder'):
         solver(exported_bases['text'], tmp_path / 'nowhere')
 
 
-def test_data_checks_can_be_turned_off_for_captions(exported_bases, tmp_path):
+def test_data_checks_can_be_turned_off_for_captions(exported_bases, tmp_path, solver):
     egs = make_egs(tmp_path)
     break_data('missing sidecar')(egs)
     solver(exported_bases['text'], egs, 'data_checks.captions=false')  # trains with an empty description
@@ -141,13 +138,13 @@ CONFIG_CASES = {
 
 
 @pytest.mark.parametrize('case', sorted(CONFIG_CASES))
-def test_bad_training_config_gets_a_clear_error(case, exported_bases, good_egs):
+def test_bad_training_config_gets_a_clear_error(case, exported_bases, good_egs, solver):
     overrides, error, message = CONFIG_CASES[case]
     with pytest.raises(error, match=re.escape(message)):
         solver(exported_bases['text'], good_egs, *overrides)
 
 
-def test_continue_from_a_pretrained_musicgen(exported_bases, good_egs):
+def test_continue_from_a_pretrained_musicgen(exported_bases, good_egs, solver):
     with pytest.raises(ValueError, match=re.escape('continue_from=//pretrained/... loads a full MusicGen')):
         solver(exported_bases['text'], good_egs, 'continue_from=//pretrained/facebook/musicgen-small', restore=True)
 

@@ -53,22 +53,21 @@ def wait_for(predicate: tp.Callable[[], bool], process: subprocess.Popen, log: P
         time.sleep(0.02)
 
 
-def reference_run(args: tp.List[str]) -> Path:
-    """The same command, uninterrupted, in this process (seeded as `train.main` seeds)."""
-    threads = torch.get_num_threads()
-    try:
-        xp = train.main.get_xp(args)
-        train.main.init_xp(xp)
-        with xp.enter():
-            train.init_seed_and_system(xp.cfg)
-            train.get_solver(xp.cfg).run()
-        return xp.folder
-    finally:
-        torch.set_num_threads(threads)
+@pytest.fixture
+def reference_run(run_xp):
+    """`reference_run(args) -> folder`: the same command, uninterrupted, in this process (seeded as
+    `train.main` seeds); torch's thread count is put back after."""
+    def run(args: tp.List[str]) -> Path:
+        threads = torch.get_num_threads()
+        try:
+            return run_xp(args)[0].folder
+        finally:
+            torch.set_num_threads(threads)
+    return run
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(exported_bases, tmp_path, monkeypatch):
+def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(exported_bases, tmp_path, monkeypatch, reference_run):
     write_tone_folder(tmp_path / 'audio', num_files=6, duration=1.5)
     prepare_data(tmp_path / 'audio', tmp_path / 'egs', captions=tmp_path / 'audio' / 'captions.csv')
     egs = tmp_path / 'egs'

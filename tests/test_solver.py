@@ -10,32 +10,16 @@ import typing as tp
 import pytest
 import torch
 
-from audiocraft_ext import train
 from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.models.extended_musicgen import load_base
 
-from conftest import run_xp
-
-
-
 
 @pytest.fixture(scope='module')
-def trained(exported_bases, egs, dora_dir):
+def trained(exported_bases, egs, dora_dir, run_xp):
     """One debug run (2 epochs, EMA on) on the exported tiny text base, shared by several tests."""
     return run_xp(debug_argv(exported_bases['text'], egs, 'optim.ema.use=true', 'optim.ema.updates=1'))
-
-
-def make_solver(argv: tp.List[str], restore: bool = False):
-    """The solver of the XP `argv` (as `python -m audiocraft_ext.train *argv` builds it)."""
-    xp = train.main.get_xp(argv)
-    train.main.init_xp(xp)
-    with xp.enter():
-        solver = train.get_solver(xp.cfg)
-        if restore:
-            solver.restore(replay_metrics=False)
-    return xp, solver
 
 
 def debug_argv(base: tp.Any, egs: Path, *extra: str) -> tp.List[str]:
@@ -87,13 +71,13 @@ def test_trains_only_the_new_layers(exported_bases, trained):
 
 
 @pytest.mark.slow
-def test_resume_continues_from_last_epoch(exported_bases, egs, dora_dir):
+def test_resume_continues_from_last_epoch(exported_bases, egs, dora_dir, build_solver, run_xp):
     argv = debug_argv(exported_bases['text'], egs, 'label=resume')
     xp, _ = run_xp(argv)
     first_history = load_checkpoint(xp.folder / 'checkpoint.th')['history']
     # Interrupted after epoch 1: only that epoch's checkpoint remains as the last one.
     shutil.copy(xp.folder / 'checkpoint_1.th', xp.folder / 'checkpoint.th')
-    _, solver = make_solver(argv, restore=True)
+    _, solver = build_solver(argv, restore=True)
     assert solver.epoch == 2
     assert torch.equal(next(iter(solver.model.extension_state_dict().values())),
                        next(iter(load_checkpoint(xp.folder / 'checkpoint_1.th')['model'].values())))
@@ -128,46 +112,46 @@ def test_ema_best_state_and_export(trained, tmp_path, dora_dir):
     assert len(deeper.lm.transformer.layers) == 2 + 2
 
 
-def test_keep_extending_from_sig(trained, egs):
+def test_keep_extending_from_sig(trained, egs, build_solver):
     xp, _ = trained
-    xp2, solver = make_solver(debug_argv(f'//sig/{xp.sig}', egs))
+    xp2, solver = build_solver(debug_argv(f'//sig/{xp.sig}', egs))
     assert solver.model.num_base_layers == 4 and solver.model.num_additional_layers == 2
 
 
-def test_continue_from_another_run(trained, exported_bases, egs):
+def test_continue_from_another_run(trained, exported_bases, egs, build_solver):
     xp, _ = trained
     state = load_checkpoint(xp.folder / 'checkpoint.th')
-    _, solver = make_solver(debug_argv(exported_bases['text'], egs, f'continue_from=//sig/{xp.sig}'))
+    _, solver = build_solver(debug_argv(exported_bases['text'], egs, f'continue_from=//sig/{xp.sig}'))
     solver.restore()
     assert solver.epoch == 1  # a new run, initialised from the other run's best state
     for key, value in solver.model.extension_state_dict().items():
         assert torch.equal(value, state['best_state']['model'][key]), key
 
 
-def test_errors_are_clear(egs, dora_dir, exported_bases):
+def test_errors_are_clear(egs, dora_dir, exported_bases, build_solver):
     with pytest.raises(ValueError, match=r'pretrained_model_checkpoint is required.*facebook/musicgen-small'):
-        make_solver(['solver=extended_musicgen', f'egs_root={egs}', 'device=cpu', 'autocast=false',
+        build_solver(['solver=extended_musicgen', f'egs_root={egs}', 'device=cpu', 'autocast=false',
                      'dataset.num_workers=0'])
     with pytest.raises(ValueError, match='fsdp'):
-        make_solver(debug_argv(exported_bases['text'], egs, 'fsdp.use=true'))
+        build_solver(debug_argv(exported_bases['text'], egs, 'fsdp.use=true'))
     with pytest.raises(ValueError, match='sample_rate=32000'):
-        make_solver(debug_argv(exported_bases['text'], egs, 'sample_rate=32000'))
+        build_solver(debug_argv(exported_bases['text'], egs, 'sample_rate=32000'))
 
 
-def test_refuses_checkpoint_of_another_base(trained, other_text_base, egs):
+def test_refuses_checkpoint_of_another_base(trained, other_text_base, egs, build_solver):
     xp, _ = trained
     state = load_checkpoint(xp.folder / 'checkpoint.th')
-    _, solver = make_solver(debug_argv(other_text_base, egs))
+    _, solver = build_solver(debug_argv(other_text_base, egs))
     with pytest.raises(RuntimeError, match='hash'):
         solver.load_state_dict({'base_model': state['base_model']})
     # continue_from another run also checks the base.
-    _, solver = make_solver(debug_argv(other_text_base, egs, f'continue_from=//sig/{xp.sig}'))
+    _, solver = build_solver(debug_argv(other_text_base, egs, f'continue_from=//sig/{xp.sig}'))
     with pytest.raises(RuntimeError, match='hash'):
         solver.restore()
 
 
 def test_compression_token_cache_is_written_and_reading_it_is_refused_clearly(exported_bases, egs, dora_dir,
-                                                                             tmp_path):
+                                                                              tmp_path, run_xp):
     """AudioCraft's `cache.path`: `cache.write=true` stores the tokens of every training batch
     (MusicGenSolver's code, kept). Reading them back is broken in AudioCraft 1.3.0 itself (its
     loader asserts cached MusicInfo objects are tensors), so the solver refuses it up front."""
@@ -181,7 +165,7 @@ def test_compression_token_cache_is_written_and_reading_it_is_refused_clearly(ex
         run_xp(debug_argv(base, egs, f'cache.path={cache}', 'label=cache_read'))
 
 
-def test_feature_cache_replays_the_base_and_training_is_unchanged(exported_bases, egs, dora_dir, tmp_path):
+def test_feature_cache_replays_the_base_and_training_is_unchanged(exported_bases, egs, dora_dir, tmp_path, run_xp):
     """`feature_cache.path`: fixed examples (1.5 s segments of the 1.5 s files, no description
     augmentation, no CFG dropout) are read back instead of recomputed, with the same losses."""
     fixed = ['dataset.segment_duration=1.5', 'dataset.train.merge_text_p=0', 'dataset.train.drop_desc_p=0',
@@ -205,7 +189,7 @@ def test_feature_cache_replays_the_base_and_training_is_unchanged(exported_bases
     assert again.history[0]['valid']['feature_cache_hits'] == 1.0
 
 
-def test_float16_base_trains_like_the_float32_base(exported_bases, egs, dora_dir):
+def test_float16_base_trains_like_the_float32_base(exported_bases, egs, dora_dir, run_xp):
     """`extended_model.base_dtype=float16`: the frozen base transformer is stored in float16; its
     hash, the checkpoints and the losses (up to the rounding of the base's weights) are unchanged."""
     base = exported_bases['text']

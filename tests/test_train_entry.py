@@ -4,9 +4,6 @@ audiocraft-ext prepare-data and export. Every subprocess pays AudioCraft's impor
 import json
 import os
 from pathlib import Path
-import subprocess
-import sys
-import typing as tp
 
 import pytest
 import torch
@@ -17,14 +14,6 @@ from audiocraft_ext.data.synth_dataset import write_tone_folder
 from audiocraft_ext.train import expand_config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(args: tp.List[str], cwd: Path, dora_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, AUDIOCRAFT_EXT_DORA_DIR=str(dora_dir), PYTHONWARNINGS='ignore')
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
 
 
 @pytest.fixture(scope='module')
@@ -62,7 +51,7 @@ def test_prepare_data_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_data_then_train_with_config_flag_then_export(workdir, exported_bases):
+def test_prepare_data_then_train_with_config_flag_then_export(workdir, exported_bases, run_python):
     dora_dir = workdir / 'dora'
     assert cli.main(['prepare-data', str(workdir / 'audio'), '--synthetic', '6',
                      '--out', str(workdir / 'egs/tones')]) == 0
@@ -74,9 +63,9 @@ def test_prepare_data_then_train_with_config_flag_then_export(workdir, exported_
 
     # Relative paths (data, base) are relative to the launch directory.
     base = Path(os.path.relpath(exported_bases['text'], workdir))
-    run(['-m', 'audiocraft_ext.train', '--config=solver/extended_musicgen_debug',
-         f'pretrained_model_checkpoint={base}', 'egs_root=egs/tones', 'dora.dir=xps_here'],
-        workdir, dora_dir)
+    run_python(['-m', 'audiocraft_ext.train', '--config=solver/extended_musicgen_debug',
+                f'pretrained_model_checkpoint={base}', 'egs_root=egs/tones', 'dora.dir=xps_here'],
+               workdir, dora_dir)
     checkpoints = list((workdir / 'xps_here' / 'xps').glob('*/checkpoint.th'))
     assert len(checkpoints) == 1
     state = torch.load(checkpoints[0])
@@ -93,9 +82,9 @@ def test_prepare_data_then_train_with_config_flag_then_export(workdir, exported_
 
 
 @pytest.mark.slow
-def test_dora_grid_dry_run(tmp_path):
+def test_dora_grid_dry_run(tmp_path, run_python):
     dora_dir = tmp_path / 'dora'
-    grid = run(['-m', 'dora', '-P', 'audiocraft_ext', 'grid', 'extended_musicgen', '--dry_run', '--init'],
-               tmp_path, dora_dir)
+    grid = run_python(['-m', 'dora', '-P', 'audiocraft_ext', 'grid', 'extended_musicgen', '--dry_run', '--init'],
+                      tmp_path, dora_dir)
     assert 'num_additional_layers=4' in grid.stdout
     assert len(list((dora_dir / 'xps').iterdir())) == 4
