@@ -287,16 +287,24 @@ def run_python() -> tp.Callable[..., subprocess.CompletedProcess]:
 @pytest.fixture(scope='session')
 def inject_nan_logits() -> tp.Callable[..., tp.List[int]]:
     """`inject_nan_logits(solver, when) -> calls`: make the solver model's logits NaN on the training
-    steps (counted from 0) for which `when(step)` is true; `calls` lists the training steps seen."""
+    steps (counted from 0) for which `when(step)` is true; `calls` lists the training steps seen. A
+    step may predict more than once (new-domain and replay examples): all its predictions count as
+    that one step."""
     def inject(solver, when: tp.Callable[[int], bool]) -> tp.List[int]:
         original = solver.model.compute_predictions
         calls: tp.List[int] = []
+        steps_seen: tp.List[tp.Tuple[int, int]] = []  # (epoch, step index) of each step
+        poisoned: tp.List[bool] = []
 
         def compute_predictions(*args, **kwargs):
             output = original(*args, **kwargs)
             if solver.is_training:
-                calls.append(len(calls))
-                if when(calls[-1]):
+                step = (solver.epoch, solver._step_index)
+                if not steps_seen or steps_seen[-1] != step:
+                    steps_seen.append(step)
+                    calls.append(len(calls))
+                    poisoned.append(when(calls[-1]))
+                if poisoned[-1]:
                     output.logits.data.fill_(float('nan'))
             return output
         solver.model.compute_predictions = compute_predictions

@@ -21,6 +21,7 @@ from ..io.base_reference import PRETRAINED_PREFIX, SIG_PREFIX, BaseSource, hub_c
 from ..io.errors import CheckpointError
 from ..io.exported_layout import COMPRESSION_FILE, LM_FILE, exported_package, read_exported_file
 from ..io.torch_files import read_torch_file
+from .audiocraft_internals import melody_conditioner_for_inference
 
 # Keys that `audiocraft.models.loaders.load_lm_model` removes from old configs before building.
 _OBSOLETE_LM_KEYS = ('conditioners.self_wav.chroma_stem.cache_path',
@@ -116,9 +117,7 @@ def compression_package(compression_model: CompressionModel,
 def assemble_musicgen(name: str, compression_model: CompressionModel, lm: LMModel,
                       max_duration: tp.Optional[float] = None) -> MusicGen:
     """`MusicGen(name, compression_model, lm)` with the inference settings of `MusicGen.get_pretrained`."""
-    if 'self_wav' in lm.condition_provider.conditioners:  # as MusicGen.get_pretrained does
-        lm.condition_provider.conditioners['self_wav'].match_len_on_eval = True
-        lm.condition_provider.conditioners['self_wav']._use_masking = False
+    melody_conditioner_for_inference(lm)
     return MusicGen(name, compression_model, lm, max_duration)
 
 

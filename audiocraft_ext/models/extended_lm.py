@@ -27,6 +27,7 @@ from audiocraft.modules.streaming import StreamingModule
 from audiocraft.modules.transformer import StreamingTransformer
 
 from ..io.errors import IntegrityError
+from .audiocraft_internals import adopt_fsdp_slot, is_streaming
 from .feature_cache import BaseFeatureCache
 from .half_storage import check_storage_dtype, store_weights_in
 from .layers import (BranchScale, base_layer_config, build_extension, check_extension_scale,
@@ -62,7 +63,7 @@ class FrozenBaseWithExtension(nn.Module):
                 src_mask: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
         """Map `x` [B, S, D] (embedded, fused input) to `h'` [B, S, D]."""
         with torch.no_grad():
-            if self.feature_cache is not None and src_mask is None and not self.base._is_streaming:
+            if self.feature_cache is not None and src_mask is None and not is_streaming(self.base):
                 hidden = self.feature_cache.base_output(self.base, x, cross_attention_src)  # [B, S, D]
             else:
                 hidden = self.base(x, cross_attention_src=cross_attention_src, src_mask=src_mask)
@@ -118,7 +119,7 @@ class ExtendedLMModel(LMModel):
             if name != 'transformer':
                 self.add_module(name, module)
         self.out_norm = base_lm.out_norm
-        self.__dict__['_fsdp'] = None
+        adopt_fsdp_slot(self)
         if hasattr(base_lm, 'cfg'):
             self.cfg = base_lm.cfg
 
@@ -198,7 +199,7 @@ class ExtendedLMModel(LMModel):
             (LMOutput of the extended model (logits [B, K, T, card], mask [B, K, T]),
              base logits [B, K, T, card], detached).
         """
-        if self._is_streaming:
+        if is_streaming(self):
             raise RuntimeError("compute_predictions_with_base scores full sequences; it cannot run while "
                                "streaming (generation).")
         batch = codes.shape[0]

@@ -17,12 +17,12 @@ evaluate stages, flashy logging); what changes:
   cross entropy and a KL divergence to the base's logits, taken from the same forward, through
   the `_compute_cross_entropy` hook; the logged `ce` stays the new domain's.
 """
-from contextlib import ExitStack
 from pathlib import Path
+import random
 import typing as tp
-from unittest import mock
 
 import flashy
+import numpy as np
 import omegaconf
 import torch
 
@@ -32,9 +32,13 @@ from audiocraft.utils.utils import get_dataset_from_loader
 
 from ..data.checks import check_datasources, check_manifests
 from ..data.manifests import EVALUATION_SPLITS, count_entries, manifest_file, visit_each_file_once
+from ..evaluation.plots import plot_loss_curves
+from ..evaluation.report import run_evaluation
 from ..io.base_reference import SIG_PREFIX, SOLVER_CHECKPOINT_FORMAT, TINY_PREFIX, sig_checkpoint
 from ..io.hashing import weights_hash
 from ..io.solver_checkpoints import plain_state
+from ..models.audiocraft_internals import (DIVERGED_MESSAGE, check_on_continue, checkpoint_io,
+                                           set_ema_source)
 from ..models.extended_lm import ExtendedLMModel
 from ..models.extended_musicgen import load_base
 from ..models.feature_cache import BaseFeatureCache
@@ -243,7 +247,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
                          self.model.num_base_layers, self.model.num_additional_layers, f"{trainable:,}",
                          f"{total:,}", 100 * trainable / total)
         # EMA over the new layers only: its state swaps into the `model` entry below.
-        self._ema_sources['model'] = self.model.extension
+        set_ema_source(self, 'model', self.model.extension)
         self.optimizer = builders.get_optimizer(self.trainable_parameter_groups(), self.cfg.optim)
         # A NaN/inf loss or gradient stops the step before the optimizer changes any weight.
         self.optimizer.register_step_pre_hook(self._check_finite_step)
@@ -257,7 +261,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self.register_stateful('optimizer', 'lr_scheduler')
         self.register_best_state('model')
         # `base_model` is checked when continuing from another run's best state as well.
-        self._continue_best_source_keys = [*self._continue_best_source_keys, 'base_model']
+        check_on_continue(self, 'base_model')
         self.autocast_dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}[self.cfg.autocast_dtype]
         self.scaler: tp.Optional[torch.amp.GradScaler] = None
         if self.cfg.autocast and self.autocast_dtype is torch.float16:
@@ -308,7 +312,6 @@ class ExtendedMusicGenSolver(MusicGenSolver):
     # ---- reliability: run lock, reproducible resume, non-finite steps -----------------------
     def run(self):
         """AudioCraft's training loop, holding the XP folder's lock (one run per signature)."""
-        import flashy
         lock = RunLock(self.folder) if flashy.distrib.is_rank_zero() else None
         if lock is not None:
             lock.acquire()
@@ -324,8 +327,6 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         # Seed every RNG from (seed, epoch): a run resumed from a checkpoint draws the same
         # dropout masks and data as an uninterrupted one (AudioCraft does not save RNG states).
         # That includes the private generators of AudioCraft's condition dropouts (`rng`).
-        import random
-        import numpy as np
         seed = (int(self.cfg.seed) * 1_000_003 + self.epoch) % 2 ** 32
         self._epoch_seed = seed
         random.seed(seed)
@@ -413,7 +414,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             self.logger.warning("%s Skipped (%d of at most %d this epoch).", error, self._skipped_steps, limit)
             return {'skipped': 1.0}
         except RuntimeError as error:  # float16 GradScaler path: AudioCraft's check after a skipped step
-            if str(error) != "Model probably diverged.":
+            if str(error) != DIVERGED_MESSAGE:
                 raise
             raise NonFiniteStepError(nonfinite_message('loss', self.epoch, idx)) from None
         finally:
@@ -427,14 +428,12 @@ class ExtendedMusicGenSolver(MusicGenSolver):
 
     def commit(self, save_checkpoints: bool = True) -> None:
         """AudioCraft's end of epoch, then `<xp>/loss_curves.png` (train/valid CE per epoch) on rank 0."""
-        import flashy
         super().commit(save_checkpoints)
         cache = self.model.transformer.feature_cache
         if cache is not None:
             self.logger.info("Feature cache: %.1f MiB written by this process so far, in %s",
                              cache.bytes_written / 2 ** 20, cache.folder)
         if flashy.distrib.is_rank_zero() and self.history:
-            from ..evaluation.plots import plot_loss_curves
             plot_loss_curves({f'XP {self.xp.sig}': self.history}, self.folder / 'loss_curves.png')
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -444,22 +443,22 @@ class ExtendedMusicGenSolver(MusicGenSolver):
 
     def save_checkpoints(self) -> None:
         # Every rank logs the hash of its new layers: they must agree across ranks.
-        import flashy
         self.logger.info("Extension hash (rank %d): %s", flashy.distrib.rank(),
                          weights_hash(self.model.extension_state_dict()))
-        # Temporary file + fsync + rename (AudioCraft's rename alone does not fsync).
-        with mock.patch('audiocraft.utils.checkpoint._safe_save_checkpoint', save_checkpoint_atomically):
+        with self._checkpoint_io():
             super().save_checkpoints()
 
     def load_checkpoints(self, load_best: bool = False, ignore_state_keys: tp.List[str] = []) -> tp.Optional[dict]:
-        with ExitStack() as stack:
-            # Read with weights_only=True (OmegaConf allow-listed: AudioCraft checkpoints pickle their config)
-            # whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says, which AudioCraft's own torch.load follows.
-            stack.enter_context(mock.patch('audiocraft.utils.checkpoint.load_checkpoint', xp_checkpoints.load_checkpoint))
-            # AudioCraft's resolver imports `audiocraft.train`, which a pip install cannot import.
-            stack.enter_context(mock.patch('audiocraft.utils.checkpoint.resolve_checkpoint_path',
-                                           xp_checkpoints.resolve_checkpoint_path(self.xp.dora.dir)))
+        with self._checkpoint_io():
             return super().load_checkpoints(load_best, ignore_state_keys)
+
+    def _checkpoint_io(self) -> tp.ContextManager[None]:
+        """Checkpoints written with a temporary file + fsync + rename (AudioCraft's rename alone does
+        not fsync); read with weights_only=True (OmegaConf allow-listed: AudioCraft checkpoints pickle
+        their config) whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says; found in this run's Dora folder
+        (AudioCraft's resolver imports `audiocraft.train`, which a pip install cannot import)."""
+        return checkpoint_io(save=save_checkpoint_atomically, load=xp_checkpoints.load_checkpoint,
+                             resolve=xp_checkpoints.resolve_checkpoint_path(self.xp.dora.dir))
 
     def load_from_pretrained(self, name: str) -> dict:
         raise ValueError("continue_from=//pretrained/... loads a full MusicGen; to extend a pretrained model "
@@ -476,7 +475,6 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         `evaluate.compare_base=false` runs MusicGenSolver's evaluate stage instead."""
         if not self.cfg.evaluate.get('compare_base', True):
             return super().evaluate()
-        from ..evaluation.report import run_evaluation
         self.model.eval()
         with torch.no_grad():
             return run_evaluation(self)
