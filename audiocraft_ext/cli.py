@@ -105,8 +105,8 @@ def _export(args: argparse.Namespace) -> int:
             out = model.export_audiocraft(args.out, overwrite=args.overwrite)
             print(f"Wrote AudioCraft's layout to {out} (load with MusicGen.get_pretrained('{out}'))")
         else:
-            out = model.save(args.out, include_base=not args.adapter_only, overwrite=args.overwrite)
-            kind = 'adapter-only' if args.adapter_only else 'self-contained'
+            out = model.save(args.out, include_base=not args.extension_only, overwrite=args.overwrite)
+            kind = 'extension-only' if args.extension_only else 'self-contained'
             print(f"Wrote the {kind} extension {out} (load with ExtendedMusicGen.get_pretrained('{out}'))")
     except (FileNotFoundError, CheckpointError, OverwriteError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -150,7 +150,7 @@ def _info(args: argparse.Namespace) -> int:
                        f"{config.get('library_version') or 'unknown'}"),
             ('base', f"{base.get('reference') or '(in memory when saved)'}"),
             ('base hash', base['hash']),
-            ('base included', 'yes (self-contained)' if 'base_lm' in counts else 'no (adapter only: needs the base)'),
+            ('base included', 'yes (self-contained)' if 'base_lm' in counts else 'no (extension only: needs the base)'),
             ('new layers', f"{extension['num_additional_layers']} (dim {layer.get('d_model')}, "
                            f"{layer.get('num_heads')} heads, feed-forward {layer.get('dim_feedforward')})"),
             ('trainable params', f"{counts['extension']:,}"),
@@ -165,6 +165,17 @@ def _info(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+class _DeprecatedFlag(argparse.Action):
+    """A renamed flag that still works: sets its new option and says so on stderr."""
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated and will be removed; use {self.new}.", file=sys.stderr)
+        setattr(namespace, self.dest, True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,8 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('--format', choices=['extended', 'audiocraft'], default='extended',
                         help='extended: a file for ExtendedMusicGen.get_pretrained (default); audiocraft: '
                              'state_dict.bin + compression_state_dict.bin for stock MusicGen.get_pretrained')
-    export.add_argument('--adapter-only', action='store_true',
+    export.add_argument('--extension-only', action='store_true',
                         help='only the new layers and a reference to the base (extended format)')
+    export.add_argument('--adapter-only', action=_DeprecatedFlag, dest='extension_only', help=argparse.SUPPRESS,
+                        new='--extension-only')
     export.add_argument('--state', choices=['best', 'last'], default='best',
                         help='best validation state (default) or last epoch')
     export.add_argument('--overwrite', action='store_true', help='replace OUT if it exists (never the run or the base)')

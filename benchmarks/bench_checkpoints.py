@@ -1,10 +1,10 @@
-"""Trainable fraction and checkpoint sizes: adapter-only file vs self-contained file vs the model
+"""Trainable fraction and checkpoint sizes: extension-only file vs self-contained file vs the model
 exported to AudioCraft's layout (a stock L + N layer MusicGen), for random bases of given shapes.
 
 Sizes do not depend on the device, so musicgen-small shapes are measured on CPU too. The
 compression model here is the tiny random EnCodec of the test fixtures (1.5 MB); a real
 MusicGen's 32 kHz EnCodec adds about 236 MB to every file that carries one (self-contained,
-exported), and nothing to an adapter-only file.
+exported), and nothing to an extension-only file.
 
     python benchmarks/bench_checkpoints.py                        # CPU config and musicgen-small shapes
     python benchmarks/bench_checkpoints.py --preset cpu           # one of them
@@ -43,7 +43,7 @@ def measure(preset: str) -> tp.Dict[str, tp.Any]:
         trainable, total = extended.lm.parameter_counts()
         sizes = {
             'base (exported, L layers)': size(tmp / 'base'),
-            'adapter-only file': size(extended.save(tmp / 'adapter.pt', include_base=False)),
+            'extension-only file': size(extended.save(tmp / 'extension_only.pt', include_base=False)),
             'self-contained file': size(extended.save(tmp / 'full.pt')),
             'exported L + N (stock layout)': size(extended.export_audiocraft(tmp / 'exported')),
         }

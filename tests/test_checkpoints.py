@@ -1,4 +1,4 @@
-"""Saved extensions (issues 3 and 14): save / get_pretrained, self-contained and adapter-only, as one
+"""Saved extensions (issues 3 and 14): save / get_pretrained, self-contained and extension-only, as one
 .safetensors file and as a directory; atomic writes; loading bases of every kind; clear errors for bad
 files. Hostile files, integrity checks and overwrite protection: test_file_safety.py."""
 import json
@@ -113,53 +113,54 @@ def test_self_contained_file_holds_base_compression_extension_config_and_version
     assert all(torch.equal(single.tensors[part][k], v) for part in pkg.tensors for k, v in pkg.tensors[part].items())
 
 
-def test_adapter_round_trip_and_size(exported_bases, tmp_path, model_logits, extended):
+def test_extension_only_round_trip_and_size(exported_bases, tmp_path, model_logits, extended):
     base_dir = exported_bases['text']
     model = extended(base_dir)
     model.extension_scale = 0.3
     expected = model_logits(model)
-    adapter = model.save(tmp_path / 'adapter.safetensors', include_base=False)
+    extension_only = model.save(tmp_path / 'extension_only.safetensors', include_base=False)
     full = model.save(tmp_path / 'full.safetensors')
 
-    pkg = extension_files.read(adapter)
+    pkg = extension_files.read(extension_only)
     assert set(pkg.tensors) == {'extension'} and not pkg.texts
     assert pkg.config['base']['reference'] == str(base_dir)
     assert pkg.config['base']['hash'] == weights_hash(_torch_load(base_dir / 'state_dict.bin')['best_state'])
-    assert adapter.stat().st_size < full.stat().st_size / 3
-    assert adapter.stat().st_size < (base_dir / 'state_dict.bin').stat().st_size
+    assert extension_only.stat().st_size < full.stat().st_size / 3
+    assert extension_only.stat().st_size < (base_dir / 'state_dict.bin').stat().st_size
 
-    loaded = _load(adapter)
+    loaded = _load(extension_only)
     assert loaded.extension_scale == 0.3
     assert torch.equal(model_logits(loaded), expected)
     # The base may also be given explicitly, e.g. after moving it (same weights: same hash).
-    assert torch.equal(model_logits(_load(adapter, base=build_tiny_musicgen('text'))), expected)
+    assert torch.equal(model_logits(_load(extension_only, base=build_tiny_musicgen('text'))), expected)
 
 
-def test_adapter_refuses_another_base_with_both_hashes(exported_bases, other_text_base, tmp_path, extended):
+def test_extension_only_refuses_another_base_with_both_hashes(exported_bases, other_text_base, tmp_path, extended):
     model = extended(exported_bases['text'])
-    adapter = model.save(tmp_path / 'adapter.safetensors', include_base=False)
+    extension_only = model.save(tmp_path / 'extension_only.safetensors', include_base=False)
     trained_on = weights_hash(_torch_load(exported_bases['text'] / 'state_dict.bin')['best_state'])
     other = weights_hash(_torch_load(other_text_base / 'state_dict.bin')['best_state'])
     assert trained_on != other
     with pytest.raises(CheckpointError) as info:
-        _load(adapter, base=str(other_text_base))
+        _load(extension_only, base=str(other_text_base))
     assert trained_on in str(info.value) and other in str(info.value)
 
 
-def test_adapter_refuses_a_base_that_changed_at_its_reference(exported_bases, other_text_base, tmp_path, extended):
+def test_extension_only_refuses_a_base_that_changed_at_its_reference(exported_bases, other_text_base, tmp_path,
+                                                                     extended):
     base_dir = _copy(exported_bases['text'], tmp_path / 'base')
-    adapter = extended(base_dir).save(tmp_path / 'adapter.safetensors', include_base=False)
+    extension_only = extended(base_dir).save(tmp_path / 'extension_only.safetensors', include_base=False)
     for name in ('state_dict.bin', 'compression_state_dict.bin'):
         shutil.copyfile(other_text_base / name, base_dir / name)
     with pytest.raises(CheckpointError) as info:
-        _load(adapter)
+        _load(extension_only)
     assert weights_hash(_torch_load(other_text_base / 'state_dict.bin')['best_state']) in str(info.value)
 
 
-def test_adapter_of_an_in_memory_base_is_refused_at_save(tmp_path, model_logits, extended):
+def test_extension_only_of_an_in_memory_base_is_refused_at_save(tmp_path, model_logits, extended):
     model = extended(build_tiny_musicgen('text'))
     with pytest.raises(CheckpointError, match='include_base'):
-        model.save(tmp_path / 'adapter.safetensors', include_base=False)
+        model.save(tmp_path / 'extension_only.safetensors', include_base=False)
     assert not any(tmp_path.iterdir())
     # Self-contained works for such a model.
     loaded = _load(model.save(tmp_path / 'full.safetensors'))
@@ -227,7 +228,8 @@ def test_saved_files_get_the_usual_permissions(exported_bases, tmp_path, extende
     reference.write_bytes(b'')
     expected = reference.stat().st_mode & 0o777
     model = extended(exported_bases['text'])
-    written = [model.save(tmp_path / 'full.safetensors'), model.save(tmp_path / 'adapter.safetensors', include_base=False)]
+    written = [model.save(tmp_path / 'full.safetensors'),
+               model.save(tmp_path / 'extension_only.safetensors', include_base=False)]
     written += list(model.export_audiocraft(tmp_path / 'export').iterdir())
     written += list(model.save(tmp_path / 'directory').iterdir())
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(expected)}
@@ -238,9 +240,9 @@ def test_the_base_files_are_never_modified(exported_bases, tmp_path, file_digest
     before = file_digests(base_dir)
     model = extended(base_dir)
     full = model.save(tmp_path / 'full.safetensors')
-    adapter = model.save(tmp_path / 'adapter', include_base=False)
+    extension_only = model.save(tmp_path / 'extension_only', include_base=False)
     model.export_audiocraft(tmp_path / 'export')
-    _load(adapter)
+    _load(extension_only)
     _load(full)
     again = ExtendedMusicGen.from_base(str(full), 1, device='cpu')
     again.save(tmp_path / 'again.safetensors', include_base=False)
@@ -285,7 +287,7 @@ def test_from_base_training_checkpoint(exported_bases, tmp_path, model_logits, p
     assert model.sample_rate == reference.sample_rate and model.max_duration == reference.max_duration
     assert torch.equal(model_logits(model), model_logits(reference))
     perturb_extension(model.lm)
-    loaded = _load(model.save(tmp_path / 'adapter.safetensors', include_base=False))
+    loaded = _load(model.save(tmp_path / 'extension_only.safetensors', include_base=False))
     assert torch.equal(model_logits(loaded), model_logits(model))
 
 
@@ -315,7 +317,7 @@ def test_from_base_extended_file_merges_then_extends(exported_bases, tmp_path, i
     assert second.lm.num_additional_layers == 3 and len(second.lm.extension.layers) == 3
     assert second.extension_scale == 1.0
     torch.testing.assert_close(model_logits(second), model_logits(first), atol=1e-5, rtol=0)
-    # Its own adapter refers to the first file and round-trips.
+    # Its own extension-only file refers to the first file and round-trips.
     perturb_extension(second.lm, seed=3)
     loaded = _load(second.save(tmp_path / 'second.safetensors', include_base=False))
     assert loaded.lm.num_base_layers == 4
@@ -460,11 +462,11 @@ def test_convert_and_info_of_a_legacy_file(exported_bases, tmp_path, capsys, mod
     assert torch.equal(model_logits(_load(tmp_path / 'new.safetensors')), expected)
     assert cli.main(['convert', str(legacy), str(tmp_path / 'new.safetensors')]) == 2  # exists: --overwrite
     assert 'already exists' in capsys.readouterr().err
-    for target in (legacy, tmp_path / 'new.safetensors', model.save(tmp_path / 'adapter', include_base=False)):
+    for target in (legacy, tmp_path / 'new.safetensors', model.save(tmp_path / 'extension_only', include_base=False)):
         capsys.readouterr()
         assert cli.main(['info', str(target)]) == 0
         out = capsys.readouterr().out
         assert re.search(rf'^base hash +{model.base_hash}$', out, re.M)
         assert re.search(r'^new layers +2 \(dim 32, 4 heads', out, re.M)
         assert re.search(rf'^trainable params +{model.lm.parameter_counts()[0]:,}$', out, re.M)
-        assert ('yes (self-contained)' in out) == (target.name != 'adapter')
+        assert ('yes (self-contained)' in out) == (target.name != 'extension_only')

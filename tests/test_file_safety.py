@@ -111,11 +111,11 @@ def test_a_payload_in_an_extension_file_never_runs(exported_bases, tmp_path, mar
 @pytest.mark.parametrize('planted', [LM_FILE, COMPRESSION_FILE])
 def test_a_payload_in_an_exported_base_never_runs(planted, exported_bases, tmp_path, marker, extended):
     base = shutil.copytree(exported_bases['text'], tmp_path / 'base')
-    adapter = extended(base).save(tmp_path / 'adapter.safetensors', include_base=False)
+    extension_only = extended(base).save(tmp_path / 'extension_only.safetensors', include_base=False)
     _plant(base / planted, marker)
     for load in (lambda: ExtendedMusicGen.from_base(str(base), 1, device='cpu'),
                  lambda: ExtendedMusicGen.from_base('//pretrained/' + str(base), 1, device='cpu'),
-                 lambda: ExtendedMusicGen.get_pretrained(adapter, device='cpu'),  # the base an adapter points to
+                 lambda: ExtendedMusicGen.get_pretrained(extension_only, device='cpu'),  # the base it points to
                  lambda: load_base(str(base))):
         with pytest.raises(CheckpointError, match=planted):
             load()
@@ -351,14 +351,14 @@ def test_a_moved_base_names_its_hash_and_the_override(exported_bases, tmp_path, 
     monkeypatch.chdir(tmp_path)
     model = extended(Path('base'))  # relative: stored absolute
     assert model.base_reference == str(base.resolve())
-    adapter = model.save('adapter.safetensors', include_base=False)
+    extension_only = model.save('extension_only.safetensors', include_base=False)
     monkeypatch.chdir(exported_bases['text'].parent)
     expected = model_logits(model)
-    assert torch.equal(model_logits(ExtendedMusicGen.get_pretrained(adapter, device='cpu')), expected)
+    assert torch.equal(model_logits(ExtendedMusicGen.get_pretrained(extension_only, device='cpu')), expected)
     moved = base.rename(tmp_path / 'moved')
     with pytest.raises(CheckpointError, match=f"base='NEW_LOCATION'.*{model.base_hash}"):
-        ExtendedMusicGen.get_pretrained(adapter, device='cpu')
-    loaded = ExtendedMusicGen.get_pretrained(adapter, device='cpu', base=str(moved))
+        ExtendedMusicGen.get_pretrained(extension_only, device='cpu')
+    loaded = ExtendedMusicGen.get_pretrained(extension_only, device='cpu', base=str(moved))
     assert torch.equal(model_logits(loaded), expected)
 
 
@@ -392,9 +392,9 @@ def test_hub_ids_load_offline_from_a_filled_cache(exported_bases, tmp_path, monk
     assert model.base_reference == 'someone/tiny-musicgen'
     perturb_extension(model.lm)
     expected = model_logits(model)
-    # What save(dir) writes is what one uploads: an adapter pointing to the base repo, in its own repo.
-    adapter = model.save(tmp_path / 'upload', include_base=False)
-    _hub_repo(cache, 'someone/tiny-extension', {p.name: p for p in adapter.iterdir()})
+    # What save(dir) writes is what one uploads: an extension-only directory pointing to the base repo, in its own repo.
+    extension_only = model.save(tmp_path / 'upload', include_base=False)
+    _hub_repo(cache, 'someone/tiny-extension', {p.name: p for p in extension_only.iterdir()})
     loaded = ExtendedMusicGen.get_pretrained('someone/tiny-extension', device='cpu')
     assert torch.equal(model_logits(loaded), expected)
     assert loaded.base_reference == 'someone/tiny-musicgen'

@@ -47,7 +47,7 @@ def test_only_the_base_transformer_is_stored_in_float16_at_half_the_bytes(extend
     # Embeddings, conditioners, out_norm, heads and the new layers stay as they were.
     assert {name: param.dtype for name, param in lm.named_parameters()
             if not name.startswith('transformer.base.')} == others == {name: torch.float32 for name in others}
-    assert weights_hash(lm.base_state_dict()) == hash_before  # adapters still load on the float32 base
+    assert weights_hash(lm.base_state_dict()) == hash_before  # extension-only files still load on the float32 base
 
 
 @pytest.mark.parametrize('flavour', FLAVOURS)

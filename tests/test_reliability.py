@@ -212,9 +212,9 @@ def test_the_base_is_only_read_and_its_hash_is_in_every_checkpoint(exported_base
     xp, solver = run(argv(base, egs, 'label=base_integrity'))
     model = ExtendedMusicGen.from_solver_checkpoint(xp.folder, device='cpu')
     model.save(tmp_path / 'model.safetensors')
-    model.save(tmp_path / 'adapter', include_base=False)
+    model.save(tmp_path / 'extension_only', include_base=False)
     model.export_audiocraft(tmp_path / 'exported')
-    adapter = ExtendedMusicGen.get_pretrained(tmp_path / 'adapter', device='cpu')
+    extension_only = ExtendedMusicGen.get_pretrained(tmp_path / 'extension_only', device='cpu')
     monkeypatch.undo()
 
     assert not writes, f"the base was opened for writing: {writes}"
@@ -225,6 +225,6 @@ def test_the_base_is_only_read_and_its_hash_is_in_every_checkpoint(exported_base
     for path in solver_checkpoints:
         info = torch.load(path)['base_model']
         assert info['hash'] == expected and info['reference'] == str(base), path
-    for name in ('model.safetensors', 'adapter'):
+    for name in ('model.safetensors', 'extension_only'):
         assert extension_files.read_config(tmp_path / name)['base']['hash'] == expected
-    assert adapter.base_hash == model.base_hash == expected
+    assert extension_only.base_hash == model.base_hash == expected

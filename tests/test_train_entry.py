@@ -11,6 +11,7 @@ import torch
 from audiocraft_ext import cli
 from audiocraft_ext.data.prepare import DataPreparationError, prepare_data
 from audiocraft_ext.data.synth_dataset import write_tone_folder
+from audiocraft_ext.io import extension_files
 from audiocraft_ext.train import expand_config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_prepare_data_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_data_then_train_with_config_flag_then_export(workdir, exported_bases, run_python):
+def test_prepare_data_then_train_with_config_flag_then_export(workdir, exported_bases, run_python, capsys):
     dora_dir = workdir / 'dora'
     assert cli.main(['prepare-data', str(workdir / 'audio'), '--synthetic', '6',
                      '--out', str(workdir / 'egs/tones')]) == 0
@@ -79,6 +80,14 @@ def test_prepare_data_then_train_with_config_flag_then_export(workdir, exported_
     assert len(stock.lm.transformer.layers) == 4
     assert cli.main(['export', str(checkpoints[0].parent), str(workdir / 'model.pt')]) == 0
     assert (workdir / 'model.pt').exists()
+    # As TRAINING.md shows it: the new layers and the base's reference, a directory.
+    assert cli.main(['export', str(checkpoints[0]), str(workdir / 'my_extension'), '--extension-only']) == 0
+    assert extension_files.kind_of(workdir / 'my_extension') == 'directory'
+    assert set(extension_files.parameter_counts(workdir / 'my_extension')) == {'extension'}
+    # The old name of the flag still works, and says it is deprecated.
+    assert cli.main(['export', str(checkpoints[0]), str(workdir / 'old_flag'), '--adapter-only']) == 0
+    assert set(extension_files.parameter_counts(workdir / 'old_flag')) == {'extension'}
+    assert 'warning: --adapter-only is deprecated' in capsys.readouterr().err
 
 
 @pytest.mark.slow

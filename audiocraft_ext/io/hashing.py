@@ -10,7 +10,7 @@ def weights_hash(state_dict: tp.Mapping[str, torch.Tensor]) -> str:
     """Content hash of a state dict: names, shapes and values rounded to float16.
 
     Rounding makes the hash the same whether the base was loaded in float32 (CPU) or float16
-    (AudioCraft's loaders on GPU), so an adapter trained on one device loads on the other.
+    (AudioCraft's loaders on GPU), so an extension trained on one device loads on the other.
     """
     digest = hashlib.blake2b(digest_size=16)
     for name in sorted(state_dict):

@@ -46,7 +46,7 @@ class ExtendedMusicGen(MusicGen):
         lm (ExtendedLMModel): the extended language model.
         max_duration (float, optional): as for `MusicGen`.
         base_reference (str, optional): where the base comes from (path or Hugging Face id);
-            what adapter-only files point to.
+            what extension-only files point to.
         base_hash (str, optional): `weights_hash` of the base LM; computed when not given.
     """
     def __init__(self, name: str, compression_model: CompressionModel, lm: ExtendedLMModel,
@@ -96,7 +96,7 @@ class ExtendedMusicGen(MusicGen):
         Args:
             name: the extension (path or Hugging Face id).
             device (str, optional): default cuda if available.
-            base (optional): for an adapter-only extension, the base to use instead of the one it
+            base (optional): for an extension-only file, the base to use instead of the one it
                 refers to (e.g. after moving files); its hash must still match.
             revision (str, optional): branch, tag or commit of a Hugging Face repo.
             allow_pickle (bool): passed on to loading the base (see `from_base`).
@@ -129,14 +129,14 @@ class ExtendedMusicGen(MusicGen):
             musicgen = embedded_base(package, device, source)
         else:
             if base is None and reference is None:
-                raise CheckpointError(f"{source} is adapter-only and does not say where its base is: pass base=... "
+                raise CheckpointError(f"{source} is extension-only and does not say where its base is: pass base=... "
                                       "(a MusicGen, path or Hugging Face id).")
             try:
                 musicgen, _ = load_base(reference if base is None else base, device, dora_dir, None, allow_pickle)
             except FileNotFoundError as error:
                 if base is not None:
                     raise
-                raise CheckpointError(f"{source} is adapter-only and its base cannot be found ({error}). If the base "
+                raise CheckpointError(f"{source} is extension-only and its base cannot be found ({error}). If the base "
                                       f"moved, pass base='NEW_LOCATION' (get_pretrained(..., base=...)); it must have "
                                       f"the hash {expected}.") from None
         model = cls.from_extension(musicgen, config['extension'], package.tensors['extension'], expected,
@@ -162,7 +162,7 @@ class ExtendedMusicGen(MusicGen):
             config (dict): `ExtendedLMModel.extension_config` of the trained model.
             state (dict): `ExtendedLMModel.extension_state_dict()` of the trained model.
             base_hash (str): hash of the base the layers were trained on.
-            base_reference (str, optional): where that base comes from, kept for adapter saves.
+            base_reference (str, optional): where that base comes from, kept for extension-only saves.
             source (str): what the layers were read from, for error messages.
         """
         found = weights_hash(musicgen.lm.state_dict())

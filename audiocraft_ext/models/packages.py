@@ -40,11 +40,11 @@ def lm_config(lm: ExtendedLMModel) -> tp.Any:
 
 
 def extension_package(model: tp.Any, include_base: bool) -> ExtensionPackage:
-    """An `ExtendedMusicGen` as an `ExtensionPackage` (self-contained, or adapter-only with a reference)."""
+    """An `ExtendedMusicGen` as an `ExtensionPackage` (self-contained, or extension-only with a reference)."""
     import audiocraft
     lm: ExtendedLMModel = model.lm
     if not include_base and model.base_reference is None:
-        raise CheckpointError("This model's base was given in memory, so an adapter-only file could not say where "
+        raise CheckpointError("This model's base was given in memory, so an extension-only file could not say where "
                               "it is: extend a base given by path or id, or save with include_base=True.")
     config: tp.Dict[str, tp.Any] = {
         'format': FORMAT, 'format_version': FORMAT_VERSION, 'library_version': __version__,
