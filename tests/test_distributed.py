@@ -28,7 +28,8 @@ def test_dora_run_and_two_gloo_processes_match_one(exported_bases, tmp_path, run
 
     Every training item is the same 1 s tone from offset 0 and CFG dropout is off, so the
     per-rank batches are equal whatever the sampler does and the averaged gradient equals the
-    single-process one.
+    single-process one. The forgetting control is on (its defaults): each rank replays its share of
+    the draw one process makes (it failed when every rank drew its own replay examples).
     """
     audio = tmp_path / 'audio'
     write_tone_folder(audio, num_files=1, duration=1.0)

@@ -343,8 +343,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             self.forgetting = replay_config.build_forgetting_control(self)
             self._replay_cache = replay_config.replay_feature_cache(self)
             self._replay_predict = replay_predict(self.model, self._replay_cache)
-        if self.forgetting is not None:  # replay draws are a function of (seed, epoch, rank) too
-            self.forgetting.source.reseed(self._epoch_seed + 7919 * (flashy.distrib.rank() + 1))
+        if self.forgetting is not None:  # replay draws are a function of (seed, epoch) too, the same on
+            self.forgetting.source.reseed(self._epoch_seed + 7919)  # every rank (each keeps its share)
         return super().train()
 
     def _compute_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor,

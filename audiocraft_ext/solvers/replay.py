@@ -23,6 +23,7 @@ example then costs the new layers and the heads only.
 """
 import typing as tp
 
+import flashy
 import torch
 
 from audiocraft.models.lm import LMOutput
@@ -90,7 +91,11 @@ class GeneratedReplay:
         self.generator.manual_seed(seed)
 
     def sample(self, count: int, device: tp.Any) -> ReplayBatch:
-        indices = torch.randint(len(self.replay_set), (count,), generator=self.generator)
+        # Every rank draws the whole world's examples (same seed, same draws) and keeps its share:
+        # N processes replay what one process with the global batch replays.
+        rank, world_size = flashy.distrib.rank(), flashy.distrib.world_size()
+        indices = torch.randint(len(self.replay_set), (count * world_size,), generator=self.generator)
+        indices = indices[rank * count:(rank + 1) * count]
         self.drawn = indices.tolist()
         codes = self.replay_set.codes[indices].to(device)  # [n, K, T]
         prompts = [self.replay_set.prompts[i] for i in self.drawn]

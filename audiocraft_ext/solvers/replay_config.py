@@ -135,7 +135,7 @@ def build_forgetting_control(solver) -> tp.Optional[ForgettingControl]:
         solver.logger.info("Replay: %d old-domain examples per step from %s", size, manifest)
     else:
         training, _ = generated_replay_set(solver).split(int(cfg.replay.holdout))
-        source = GeneratedReplay(training, solver.model, int(cfg.sample_rate), seed=int(cfg.seed) + flashy.distrib.rank())
+        source = GeneratedReplay(training, solver.model, int(cfg.sample_rate), seed=int(cfg.seed))
         solver.logger.info("Replay: %d per step of the base's own generations (%d)", size, len(training))
     control = ForgettingControl(source, ratio, float(cfg.replay.ce_weight), float(cfg.distill.weight))
     solver.logger.info("Forgetting control: loss = ce(new) + %g ce(replay) + %g KL(base || extended)(replay)",
