@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from audiocraft_ext import ExtendedMusicGen, evaluate
 from audiocraft_ext.data.synth_dataset import write_dataset
 from audiocraft_ext.evaluation import audio_metrics
-from audiocraft_ext.evaluation.report import format_table
+from audiocraft_ext.evaluation.report_table import format_table
 
 
 ROOT = Path(__file__).resolve().parents[1]

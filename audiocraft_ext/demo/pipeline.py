@@ -54,6 +54,7 @@ STEPS = ('Synthetic data', 'Compression model', 'Base MusicGen on the old domain
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """`audiocraft-ext demo` with the options of `arguments.add_arguments`: the steps above, in order; returns 0."""
     sizes = sizes_from_args(args)
     if getattr(args, 'codec', None) is None:
         args.codec = 'random' if args.quick else 'train'
