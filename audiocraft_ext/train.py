@@ -13,7 +13,6 @@ installed), so this module is the same entry point over our own config tree
 `--config=GROUP/NAME` is shorthand for the Hydra override `GROUP=NAME`; `dora.dir=DIR` on the
 command line sets where experiments live (also `AUDIOCRAFT_EXT_DORA_DIR`).
 """
-import copy
 import dataclasses
 import logging
 import multiprocessing
@@ -60,7 +59,8 @@ class ExtMain(HydraMain):
 
     def with_dir(self, dora_dir: tp.Union[str, Path]) -> 'ExtMain':
         """This main with its experiments in `dora_dir`; this one, and its folder, are left as they are."""
-        other = copy.copy(self)
+        other = object.__new__(type(self))  # not copy.copy: Dora's mains copy (pickle) by name, to themselves
+        other.__dict__.update(self.__dict__)
         other.dora = dataclasses.replace(self.dora, dir=Path(dora_dir).expanduser().resolve())
         return other
 
