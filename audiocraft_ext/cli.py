@@ -22,6 +22,7 @@ from .data.prepare import DataPreparationError, prepare_data
 from .data.splits import SplitSize, split_sizes
 from .data.synth_dataset import DEFAULT_SPLITS, write_dataset, write_tone_folder
 from .data.synth_domains import DOMAINS
+from .demo.arguments import add_arguments as add_demo_arguments
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -184,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
         description='Extend a frozen pretrained MusicGen with new trainable transformer layers.')
     commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
-    from audiocraft_ext.demo.pipeline import add_arguments as add_demo_arguments
     demo = commands.add_parser(
         'demo', help='the whole mission offline on a CPU: train a tiny base, extend it, generate, evaluate',
         description='Write a synthetic two-domain captioned dataset, train a tiny MusicGen on the '

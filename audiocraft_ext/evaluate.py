@@ -63,10 +63,13 @@ def _is_group_override(arg: str) -> bool:
     return key in ('solver', 'dset', 'teams')
 
 
-def _set_dora_dir(overrides: tp.Sequence[str]) -> None:
+def _dora_main(overrides: tp.Sequence[str]) -> train.ExtMain:
+    """The Dora main of `train`, with its experiments in the `dora.dir=DIR` override's folder if one is given."""
+    dora_main = train.main
     for arg in overrides:
         if arg.startswith('dora.dir='):
-            train.main.dora.dir = Path(arg.split('=', 1)[1]).expanduser().resolve()
+            dora_main = train.main.with_dir(arg.split('=', 1)[1])
+    return dora_main
 
 
 def apply_overrides(cfg: omegaconf.DictConfig, overrides: tp.Sequence[str]) -> None:
@@ -82,26 +85,27 @@ def apply_overrides(cfg: omegaconf.DictConfig, overrides: tp.Sequence[str]) -> N
                                            force_add=True)
 
 
-def xp_for_sig(sig: str, overrides: tp.Sequence[str]):
-    """The trained XP, with its config recomposed from its argv plus the overrides."""
-    argv_path = Path(train.main.dora.dir) / 'xps' / sig / '.argv.json'
+def xp_for_sig(sig: str, overrides: tp.Sequence[str], dora_main: train.ExtMain):
+    """The trained XP in `dora_main`'s folder, with its config recomposed from its argv plus the overrides."""
+    argv_path = Path(dora_main.dora.dir) / 'xps' / sig / '.argv.json'
     if not argv_path.exists():
-        raise EvaluationError(f"No experiment {sig!r} in {train.main.dora.dir / 'xps'}: set dora.dir=... (or "
+        raise EvaluationError(f"No experiment {sig!r} in {dora_main.dora.dir / 'xps'}: set dora.dir=... (or "
                               "AUDIOCRAFT_EXT_DORA_DIR) to the folder the run used.")
-    xp = train.main.get_xp_from_sig(sig)
+    xp = dora_main.get_xp_from_sig(sig)
     if not (xp.folder / 'checkpoint.th').exists():
         raise EvaluationError(f"{xp.folder} has no checkpoint.th yet: nothing to evaluate.")
     ours = [arg for arg in overrides if not _is_group_override(arg) and not arg.startswith('dora.')]
     ignored = [arg for arg in overrides if _is_group_override(arg)]
     if ignored:
         logger.info("Using the experiment's own config groups; ignoring %s", ignored)
-    composed = train.main.get_xp([*xp.argv, *_DEFAULTS, *ours, *_EVAL_ARGS])
+    composed = dora_main.get_xp([*xp.argv, *_DEFAULTS, *ours, *_EVAL_ARGS])
     xp.cfg = composed.cfg
     return xp
 
 
-def xp_for_checkpoint(path: str, overrides: tp.Sequence[str]):
-    """A new XP (`continue_from=PATH`) whose config is the checkpoint's training config + overrides."""
+def xp_for_checkpoint(path: str, overrides: tp.Sequence[str], dora_main: train.ExtMain):
+    """A new XP (`continue_from=PATH`) in `dora_main`'s folder whose config is the checkpoint's training
+    config + overrides."""
     from dora import git_save
     checkpoint = Path(git_save.to_absolute_path(str(Path(path).expanduser()))).resolve()
     if checkpoint.is_dir():
@@ -111,7 +115,7 @@ def xp_for_checkpoint(path: str, overrides: tp.Sequence[str]):
     except (FileNotFoundError, CheckpointError) as error:
         raise EvaluationError(f"checkpoint={path}: {error}") from None
     ours = [arg for arg in overrides if not arg.startswith('dora.')]
-    xp = train.main.get_xp([*ours, f'continue_from={checkpoint}', *_EVAL_ARGS])
+    xp = dora_main.get_xp([*ours, f'continue_from={checkpoint}', *_EVAL_ARGS])
     cfg = xp.cfg
     trained = pkg.get('xp.cfg')
     if trained:
@@ -133,15 +137,9 @@ def run(argv: tp.Sequence[str]) -> dict:
     sig, checkpoint, overrides = _split_args(argv)
     if bool(sig) == bool(checkpoint):
         raise EvaluationError(f"Give exactly one of sig=SIG or checkpoint=PATH.\n{USAGE}")
-    _set_dora_dir(overrides)
-    xp = xp_for_sig(sig, overrides) if sig else xp_for_checkpoint(str(checkpoint), overrides)
-    train.main.init_xp(xp)
-    try:
-        with xp.enter():
-            train.main.main(xp.cfg)
-    finally:
-        import hydra
-        hydra.core.global_hydra.GlobalHydra.instance().clear()
+    dora_main = _dora_main(overrides)
+    xp = xp_for_sig(sig, overrides, dora_main) if sig else xp_for_checkpoint(str(checkpoint), overrides, dora_main)
+    train.run_xp(xp)
     output_dir = xp.cfg.evaluate.get('output_dir') or 'evaluation'
     metrics_path = xp.folder / output_dir / 'metrics.json'
     if not metrics_path.exists():
@@ -153,7 +151,7 @@ def run(argv: tp.Sequence[str]) -> dict:
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
     from .evaluation.listening import listening_page
-    from .evaluation.report import format_table
+    from .evaluation.report_table import format_table
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ('-h', '--help') for arg in argv):
         print(__doc__)

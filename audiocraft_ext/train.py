@@ -13,6 +13,7 @@ installed), so this module is the same entry point over our own config tree
 `--config=GROUP/NAME` is shorthand for the Hydra override `GROUP=NAME`; `dora.dir=DIR` on the
 command line sets where experiments live (also `AUDIOCRAFT_EXT_DORA_DIR`).
 """
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -55,6 +56,13 @@ class ExtMain(HydraMain):
             if arg.startswith('dora.dir='):
                 self.dora.dir = Path(arg.split('=', 1)[1]).expanduser().resolve()
         return super().get_xp(argv)
+
+    def with_dir(self, dora_dir: tp.Union[str, Path]) -> 'ExtMain':
+        """This main with its experiments in `dora_dir`; this one, and its folder, are left as they are."""
+        other = object.__new__(type(self))  # not copy.copy: Dora's mains copy (pickle) by name, to themselves
+        other.__dict__.update(self.__dict__)
+        other.dora = dataclasses.replace(self.dora, dir=Path(dora_dir).expanduser().resolve())
+        return other
 
 
 def resolve_config_dset_paths(cfg: omegaconf.DictConfig) -> None:
@@ -166,6 +174,17 @@ def run_in_process(argv: tp.Sequence[str]) -> tp.Tuple[XP, tp.Any]:
     with xp.enter():
         solver.run()
     return xp, solver
+
+
+def run_xp(xp: XP) -> None:
+    """`main(xp.cfg)` in this process, on an XP the caller composed (`main.get_xp`): what the command does
+    once it has its XP (logging, distributed setup, `execute_only`), with Hydra's global state cleared after."""
+    main.init_xp(xp)
+    try:
+        with xp.enter():
+            main.main(xp.cfg)
+    finally:
+        hydra.core.global_hydra.GlobalHydra.instance().clear()
 
 
 def main(cfg: omegaconf.DictConfig):

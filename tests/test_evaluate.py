@@ -10,6 +10,7 @@ import json
 import math
 import os
 from pathlib import Path
+import re
 import subprocess
 import sys
 import typing as tp
@@ -19,10 +20,10 @@ import soundfile
 import torch
 import torch.nn.functional as F
 
-from audiocraft_ext import ExtendedMusicGen, evaluate
+from audiocraft_ext import ExtendedMusicGen, evaluate, train
 from audiocraft_ext.data.synth_dataset import write_dataset
 from audiocraft_ext.evaluation import audio_metrics
-from audiocraft_ext.evaluation.report import format_table
+from audiocraft_ext.evaluation.report_table import format_table
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,6 +213,14 @@ def test_errors(dora_dir):
         evaluate.run(['--config=solver/extended_musicgen'])
     with pytest.raises(evaluate.EvaluationError, match='No experiment'):
         evaluate.run(['sig=doesnotexist'])
+
+
+def test_dora_dir_is_passed_in_not_set_globally(dora_dir, tmp_path):
+    """`dora.dir=DIR` looks the run up in DIR and leaves the Dora main's own folder as it was."""
+    other = tmp_path / 'other'
+    with pytest.raises(evaluate.EvaluationError, match=re.escape(f"No experiment 'nosuch' in {other / 'xps'}")):
+        evaluate.run(['sig=nosuch', f'dora.dir={other}'])
+    assert train.main.dora.dir == dora_dir
 
 
 @pytest.mark.slow

@@ -4,8 +4,10 @@
   for several `extension_scale` values on the same batches (0 is the frozen base, exactly).
 - `audio_metrics`: offline audio metrics (Frechet distance on the compression model's encoder
   latents, chroma cosine similarity) and the checks for AudioCraft's FAD / KLD / CLAP metrics.
-- `report`: the solver's evaluate stage (`run_evaluation`), the JSON report, the scale-sweep
-  plot, the samples, and the table printed by `python -m audiocraft_ext.evaluate`.
+- `report`: the solver's evaluate stage (`run_evaluation`) and the JSON report it writes, from
+  `reference_sets` (the `evaluate.reference_dset` set and its loader), `audio_evaluation`
+  (generations of base and extended, their audio metrics and samples), `plots` (scale sweep,
+  loss curves) and `report_table` (the table printed by `python -m audiocraft_ext.evaluate`).
 
 See docs/EVALUATION.md.
 """

@@ -22,6 +22,9 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
+# The two models every evaluation compares: the frozen base (extension_scale 0) and the extended model.
+MODELS = ('base', 'extended')
+
 
 @contextmanager
 def extension_scale(model, scale: float):

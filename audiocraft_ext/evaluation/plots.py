@@ -1,4 +1,5 @@
-"""Loss curves as a PNG, from flashy's per-epoch history (a solver's `history`, Dora's history.json)."""
+"""The evaluation's plots as PNGs (matplotlib, Agg): loss curves from flashy's per-epoch history (a solver's
+`history`, Dora's history.json), and cross entropy vs extension_scale from an evaluation report."""
 from pathlib import Path
 import typing as tp
 
@@ -26,3 +27,28 @@ def plot_loss_curves(histories: tp.Dict[str, tp.List[dict]], path: Path) -> Path
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_scale_sweep(report: dict, path: Path) -> Path:
+    """Cross entropy vs extension_scale on each set, as a PNG (matplotlib, Agg)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+    sweep = report['scale_sweep']
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = {'new': 'new domain (adaptation)', 'reference': 'reference / old domain (forgetting)'}
+    for name in ('new', 'reference'):
+        if name in sweep:
+            ax.plot(sweep['scales'], sweep[name], marker='o', label=labels[name])
+    ax.axvline(report['extension_scale'], color='grey', linestyle=':', label='configured scale')
+    ax.set_xlabel('extension_scale (0 = frozen base)')
+    ax.set_ylabel('cross entropy (nats / token)')
+    ax.set_title(f"XP {report['sig']}: base to extended")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+

@@ -1,0 +1,77 @@
+"""The demo's sizes (how big and how long it is) and the command-line arguments that set them."""
+import argparse
+from dataclasses import asdict, dataclass
+import os
+from pathlib import Path
+
+
+@dataclass
+class Sizes:
+    """Everything that sets how big and how long the demo is."""
+    clips: int = 60             # per domain, over all splits (70% train)
+    duration: float = 3.0       # seconds per clip
+    segment: float = 2.0        # seconds per training example (LM); generated clips are as long
+    codec_epochs: int = 4
+    codec_updates: int = 25
+    base_dim: int = 64
+    base_layers: int = 4
+    base_epochs: int = 6
+    base_updates: int = 20
+    base_lr: float = 3e-3
+    new_layers: int = 2
+    mission_epochs: int = 6
+    mission_updates: int = 15
+    mission_lr: float = 2e-3
+    batch_size: int = 8
+    prompts: int = 3            # per domain
+
+
+QUICK = Sizes(clips=20, duration=2.0, segment=1.0, codec_epochs=1, codec_updates=8, base_dim=32,
+              base_layers=2, base_epochs=2, base_updates=8, new_layers=1, mission_epochs=2,
+              mission_updates=10, mission_lr=5e-3, prompts=2)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    defaults = Sizes()
+    parser.add_argument('--out', default='./demo_out', help='output directory (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the data and of every run (default: %(default)s)')
+    parser.add_argument('--quick', action='store_true',
+                        help='smallest sizes that still show the effect (the test suite runs this)')
+    parser.add_argument('--base', metavar='PATH_OR_ID',
+                        help='extend this pretrained MusicGen (Hugging Face id, exported directory, '
+                             'checkpoint.th) instead of training the tiny embedded base')
+    parser.add_argument('--codec', choices=['train', 'random'],
+                        help='train the tiny EnCodec briefly with CompressionSolver (default) or use an '
+                             'untrained one (default with --quick: a minute less, noise-like audio)')
+    parser.add_argument('--cache-dir', default=os.environ.get(
+        'AUDIOCRAFT_EXT_DEMO_CACHE', str(Path.home() / '.cache' / 'audiocraft-ext' / 'demo')),
+        help='where the data, compression model and base are cached (default: %(default)s)')
+    parser.add_argument('--no-cache', action='store_true', help='rebuild the cached data, codec and base')
+    parser.add_argument('--device', default='cpu', help='cpu (default) or cuda')
+    parser.add_argument('--threads', type=int, default=min(2, os.cpu_count() or 1),
+                        help='torch threads of the training runs (default: %(default)s)')
+    sizes = parser.add_argument_group('sizes (defaults; --quick uses smaller ones)')
+    sizes.add_argument('--clips', type=int, help=f'clips per domain (default {defaults.clips})')
+    sizes.add_argument('--duration', type=float, help=f'seconds per clip (default {defaults.duration:g})')
+    sizes.add_argument('--segment', type=float,
+                       help=f'seconds per training example and per generated clip (default {defaults.segment:g})')
+    sizes.add_argument('--new-layers', type=int, help=f'new layers on the base (default {defaults.new_layers})')
+    sizes.add_argument('--epochs', type=int, help=f'epochs of the extension (default {defaults.mission_epochs})')
+    sizes.add_argument('--updates', type=int, help=f'updates per epoch (default {defaults.mission_updates})')
+    sizes.add_argument('--base-epochs', type=int, help=f'epochs of the embedded base (default {defaults.base_epochs})')
+    return parser
+
+
+def sizes_from_args(args: argparse.Namespace) -> Sizes:
+    sizes = Sizes(**asdict(QUICK)) if args.quick else Sizes()
+    for arg, field in [('clips', 'clips'), ('duration', 'duration'), ('segment', 'segment'),
+                       ('new_layers', 'new_layers'), ('epochs', 'mission_epochs'),
+                       ('updates', 'mission_updates'), ('base_epochs', 'base_epochs')]:
+        value = getattr(args, arg, None)
+        if value is not None:
+            setattr(sizes, field, value)
+    if sizes.segment > sizes.duration:
+        raise SystemExit(f"--segment ({sizes.segment:g}) must not be longer than --duration ({sizes.duration:g}).")
+    if min(sizes.clips, sizes.mission_epochs, sizes.mission_updates, sizes.new_layers) < 1:
+        raise SystemExit("--clips, --epochs, --updates and --new-layers must be at least 1.")
+    return sizes

@@ -1,0 +1,79 @@
+"""The demo's cache: one folder per artefact, named by a hash of every parameter that changes it.
+
+    <cache>/data-<key>/    the synthetic two-domain dataset (`make_data`)
+    <cache>/codec-<key>/   the tiny EnCodec (`bases.make_codec`)
+    <cache>/base-<key>/    the tiny MusicGen base (`bases.make_base`)
+
+A folder counts as built once its `done.json` (the parameters, timings) is written, last.
+"""
+import argparse
+import hashlib
+import json
+from pathlib import Path
+import shutil
+import typing as tp
+
+from .. import CONFIG_DIR
+from ..data.splits import SPLITS
+from ..data.synth_dataset import write_dataset
+from ..data.synth_domains import DOMAINS, SYNTH_VERSION
+from ..io.atomic import atomic_write_text
+from .arguments import Sizes
+from .progress import Steps
+
+DEMO_VERSION = 1
+
+
+def key(payload: tp.Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def config_text(name: str) -> str:
+    """The text of `configs/solver/NAME.yaml` (part of the keys: a config change rebuilds)."""
+    return (CONFIG_DIR / 'solver' / f'{name}.yaml').read_text()
+
+
+def done(folder: Path) -> tp.Optional[dict]:
+    marker = folder / 'done.json'
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def mark_done(folder: Path, info: dict) -> None:
+    (folder / 'done.json').write_text(json.dumps(info, indent=2))
+
+
+def fresh(folder: Path) -> Path:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def reuse_or_clear(folder: Path, artefact: Path, args: argparse.Namespace, steps: Steps) -> tp.Optional[dict]:
+    """The cached step's info (with `cached: True`) if `folder` holds a finished one, else an empty folder."""
+    info = done(folder)
+    if info and not args.no_cache:
+        steps.print(f"      cached: {artefact}")
+        return {**info, 'cached': True}
+    fresh(folder)
+    return None
+
+
+def make_data(cache: Path, sizes: Sizes, seed: int, sample_rate: int, no_cache: bool) -> Path:
+    """Both domains (and an `all` manifest for the codec), cached; returns the data root."""
+    params = {'synth': SYNTH_VERSION, 'clips': sizes.clips, 'duration': sizes.duration,
+              'seed': seed, 'sample_rate': sample_rate}
+    root = cache / f'data-{key(params)}'
+    if done(root) and not no_cache:
+        return root
+    fresh(root)
+    for domain in DOMAINS:
+        write_dataset(root, domain, num_clips=sizes.clips, duration=sizes.duration,
+                      sample_rate=sample_rate, seed=seed)
+    for split in SPLITS:  # both domains, for the compression model
+        lines = []
+        for domain in DOMAINS:
+            lines += (root / 'egs' / domain / split / 'data.jsonl').read_text().splitlines()
+        atomic_write_text(root / 'egs' / 'all' / split / 'data.jsonl', '\n'.join(lines) + '\n')
+    mark_done(root, params)
+    return root
