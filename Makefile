@@ -1,6 +1,6 @@
 # The two user-facing commands. Both run scripts/setup.sh first, which installs whatever is
 # missing (ffmpeg, uv, the locked venv) and takes about a second when nothing is.
-#   make demo   the whole mission offline: tiny base, new layers, generation, evaluation (ARGS="--out DIR --seed N --quick")
+#   make demo   the whole method offline: tiny base, new layers, generation, evaluation (ARGS="--out DIR --seed N --quick")
 #   make test   run the test suite (ARGS="-k foundation" to pass pytest options)
 SHELL := /bin/bash
 VENV ?= $(or $(AUDIOCRAFT_EXT_VENV),$(HOME)/.cache/audiocraft-ext/venv)

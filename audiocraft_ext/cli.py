@@ -1,7 +1,7 @@
 """The `audiocraft-ext` command.
 
 Subcommands:
-    demo             the mission end to end, offline, on a CPU (see audiocraft_ext/demo/pipeline.py).
+    demo             the whole method end to end, offline, on a CPU (see audiocraft_ext/demo/pipeline.py).
     make-synth-data  write the synthetic two-domain captioned dataset.
     prepare-data     write AudioCraft dataset manifests and sidecar metadata for training.
     export           turn a training run (dora sig or checkpoint) into an extension or AudioCraft's layout.
@@ -26,7 +26,7 @@ from .demo.arguments import add_arguments as add_demo_arguments
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The mission end to end: synthetic data, a trained base, new layers, generation, evaluation."""
+    """The whole method end to end: synthetic data, a trained base, new layers, generation, evaluation."""
     from audiocraft_ext.demo.pipeline import run_demo
     return run_demo(args)
 
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
     demo = commands.add_parser(
-        'demo', help='the whole mission offline on a CPU: train a tiny base, extend it, generate, evaluate',
+        'demo', help='the whole method offline on a CPU: train a tiny base, extend it, generate, evaluate',
         description='Write a synthetic two-domain captioned dataset, train a tiny MusicGen on the '
                     '"old" domain with AudioCraft\'s MusicGenSolver (cached), freeze it and train new '
                     'layers on the "new" domain with python -m audiocraft_ext.train, generate clips with '

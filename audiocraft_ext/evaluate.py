@@ -29,6 +29,8 @@ import typing as tp
 import omegaconf
 
 from . import train
+from .evaluation.listening import listening_page
+from .evaluation.report_table import format_table
 from .io.errors import CheckpointError
 from .io.solver_checkpoints import read_solver_checkpoint
 
@@ -150,8 +152,6 @@ def run(argv: tp.Sequence[str]) -> dict:
 
 
 def main(argv: tp.Optional[tp.Sequence[str]] = None) -> int:
-    from .evaluation.listening import listening_page
-    from .evaluation.report_table import format_table
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ('-h', '--help') for arg in argv):
         print(__doc__)

@@ -1,4 +1,4 @@
-"""`audiocraft-ext demo --quick` end to end: data, codec, base (MusicGenSolver), the mission through
+"""`audiocraft-ext demo --quick` end to end: data, codec, base (MusicGenSolver), the extension run through
 `python -m audiocraft_ext.train`, generation, evaluation, summary. One subprocess for training and
 one for evaluation (the rest runs in the test's process), on a fresh cache."""
 import json
@@ -72,7 +72,7 @@ def test_plots_and_model_written(demo):
         assert plot and Path(plot).stat().st_size > 1000 and Path(plot).read_bytes()[:4] == b'\x89PNG'
     assert (out / 'model.safetensors').exists()
     history = json.loads((Path(summary['xp']) / 'history.json').read_text())
-    assert len(history) == summary['sizes']['mission_epochs']
+    assert len(history) == summary['sizes']['extension_epochs']
 
 
 def test_listening_report(demo, tmp_path):

@@ -1,1 +1,1 @@
-"""`audiocraft-ext demo`: the mission end to end on embedded data and an embedded base (see pipeline)."""
+"""`audiocraft-ext demo`: the whole method end to end on embedded data and an embedded base (see pipeline)."""

@@ -19,16 +19,16 @@ class Sizes:
     base_updates: int = 20
     base_lr: float = 3e-3
     new_layers: int = 2
-    mission_epochs: int = 6
-    mission_updates: int = 15
-    mission_lr: float = 2e-3
+    extension_epochs: int = 6
+    extension_updates: int = 15
+    extension_lr: float = 2e-3
     batch_size: int = 8
     prompts: int = 3            # per domain
 
 
 QUICK = Sizes(clips=20, duration=2.0, segment=1.0, codec_epochs=1, codec_updates=8, base_dim=32,
-              base_layers=2, base_epochs=2, base_updates=8, new_layers=1, mission_epochs=2,
-              mission_updates=10, mission_lr=5e-3, prompts=2)
+              base_layers=2, base_epochs=2, base_updates=8, new_layers=1, extension_epochs=2,
+              extension_updates=10, extension_lr=5e-3, prompts=2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sizes.add_argument('--segment', type=float,
                        help=f'seconds per training example and per generated clip (default {defaults.segment:g})')
     sizes.add_argument('--new-layers', type=int, help=f'new layers on the base (default {defaults.new_layers})')
-    sizes.add_argument('--epochs', type=int, help=f'epochs of the extension (default {defaults.mission_epochs})')
-    sizes.add_argument('--updates', type=int, help=f'updates per epoch (default {defaults.mission_updates})')
+    sizes.add_argument('--epochs', type=int, help=f'epochs of the extension (default {defaults.extension_epochs})')
+    sizes.add_argument('--updates', type=int, help=f'updates per epoch (default {defaults.extension_updates})')
     sizes.add_argument('--base-epochs', type=int, help=f'epochs of the embedded base (default {defaults.base_epochs})')
     return parser
 
@@ -65,13 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def sizes_from_args(args: argparse.Namespace) -> Sizes:
     sizes = Sizes(**asdict(QUICK)) if args.quick else Sizes()
     for arg, field in [('clips', 'clips'), ('duration', 'duration'), ('segment', 'segment'),
-                       ('new_layers', 'new_layers'), ('epochs', 'mission_epochs'),
-                       ('updates', 'mission_updates'), ('base_epochs', 'base_epochs')]:
+                       ('new_layers', 'new_layers'), ('epochs', 'extension_epochs'),
+                       ('updates', 'extension_updates'), ('base_epochs', 'base_epochs')]:
         value = getattr(args, arg, None)
         if value is not None:
             setattr(sizes, field, value)
     if sizes.segment > sizes.duration:
         raise SystemExit(f"--segment ({sizes.segment:g}) must not be longer than --duration ({sizes.duration:g}).")
-    if min(sizes.clips, sizes.mission_epochs, sizes.mission_updates, sizes.new_layers) < 1:
+    if min(sizes.clips, sizes.extension_epochs, sizes.extension_updates, sizes.new_layers) < 1:
         raise SystemExit("--clips, --epochs, --updates and --new-layers must be at least 1.")
     return sizes

@@ -1,4 +1,4 @@
-"""What the demo's mission starts from: a tiny EnCodec and a tiny MusicGen base, trained by AudioCraft's
+"""What the demo's extension run starts from: a tiny EnCodec and a tiny MusicGen base, trained by AudioCraft's
 own solvers (`CompressionSolver`, `MusicGenSolver`) in this process, exported, cached."""
 import argparse
 from pathlib import Path

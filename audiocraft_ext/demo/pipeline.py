@@ -1,4 +1,4 @@
-"""`audiocraft-ext demo`: the whole mission, offline, on a CPU, in a few minutes.
+"""`audiocraft-ext demo`: the whole method, offline, on a CPU, in a few minutes.
 
 Steps (each printed as `[x/N] name`):
 
@@ -13,7 +13,7 @@ Steps (each printed as `[x/N] name`):
    `audiocraft.utils.export.export_lm` writes it). Steps 2 and 3 run in this process through
    the same Dora main as `python -m audiocraft_ext.train` (one AudioCraft import less), and are
    cached under `--cache-dir`, keyed on every parameter that changes them (`bases`, `artefacts`).
-4. **Mission**: `python -m audiocraft_ext.train --config=solver/extended_musicgen
+4. **Extension run**: `python -m audiocraft_ext.train --config=solver/extended_musicgen
    pretrained_model_checkpoint=<base> egs_root=<new domain> ...` in a subprocess: the command
    users run, printed in full.
 5. **Generate**: the run is exported (`audiocraft-ext export`'s code) to one file, loaded with
@@ -46,7 +46,7 @@ from .bases import make_base, make_codec
 from .clips import generate_clips
 from .progress import Steps
 from .report_page import write_demo_report
-from .runs import mission_argv, read_history, run_evaluate, run_subprocess, xp_folder
+from .runs import extension_run_argv, read_history, run_evaluate, run_subprocess, xp_folder
 from .summary import cross_entropy, forgetting_control_defaults, print_summary
 
 STEPS = ('Synthetic data', 'Compression model', 'Base MusicGen on the old domain',
@@ -101,10 +101,10 @@ def run_demo(args: argparse.Namespace) -> int:
         base_ref = str(base_dir)
         steps.end('cached' if base_info['cached'] else '')
 
-    steps.begin(STEPS[3], f"{sizes.new_layers} new layer(s), {sizes.mission_epochs} epochs x "
-                f"{sizes.mission_updates} updates")
+    steps.begin(STEPS[3], f"{sizes.new_layers} new layer(s), {sizes.extension_epochs} epochs x "
+                f"{sizes.extension_updates} updates")
     dora_dir = out / 'dora'
-    argv = mission_argv(base_ref, data, dora_dir, sizes, args)
+    argv = extension_run_argv(base_ref, data, dora_dir, sizes, args)
     xp = xp_folder(argv)
     timing = run_subprocess('audiocraft_ext.train', argv, logs / 'train.log', steps)
     steps.end(f"XP {xp.name}")

@@ -62,7 +62,7 @@ def write_demo_report(out: tp.Union[str, Path], summary: dict, metrics: dict,
     config.update({
         'base': summary['base']['reference'],
         'new layers (N)': sizes['new_layers'],
-        'steps': f"{sizes['mission_epochs']} epochs x {sizes['mission_updates']} updates, lr {sizes['mission_lr']}",
+        'steps': f"{sizes['extension_epochs']} epochs x {sizes['extension_updates']} updates, lr {sizes['extension_lr']}",
         'trainable params': f"{summary['trainable_params']:,} of {summary['total_params']:,} "
                             f"({100 * summary['trainable_fraction']:.1f}%)",
         'training time': f"{summary['training_s']:.0f} s",

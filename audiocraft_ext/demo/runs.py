@@ -75,8 +75,8 @@ def common_overrides(args: argparse.Namespace, sizes: Sizes) -> tp.List[str]:
             f'dataset.batch_size={sizes.batch_size}', 'dataset.num_workers=0']
 
 
-def mission_argv(base: str, data: Path, dora_dir: Path, sizes: Sizes, args: argparse.Namespace) -> tp.List[str]:
-    """The overrides of `python -m audiocraft_ext.train` for the mission (small CPU sizes; the forgetting
+def extension_run_argv(base: str, data: Path, dora_dir: Path, sizes: Sizes, args: argparse.Namespace) -> tp.List[str]:
+    """The overrides of `python -m audiocraft_ext.train` for the extension run (small CPU sizes; the forgetting
     control's defaults, its replay set kept in the demo's cache)."""
     return ['--config=solver/extended_musicgen', f'pretrained_model_checkpoint={base}', 'dset=audio/egs',
             f'replay.cache_dir={Path(args.cache_dir).expanduser().resolve() / "replay"}',
@@ -86,8 +86,8 @@ def mission_argv(base: str, data: Path, dora_dir: Path, sizes: Sizes, args: argp
             'dataset.sample_on_weight=false', 'dataset.sample_on_duration=false',
             'dataset.train.num_samples=256', 'dataset.train.merge_text_p=0', 'dataset.train.drop_desc_p=0',
             'dataset.train.drop_other_p=0', 'dataset.valid.num_samples=16', 'dataset.evaluate.num_samples=16',
-            'dataset.generate.num_samples=2', f'optim.epochs={sizes.mission_epochs}',
-            f'optim.updates_per_epoch={sizes.mission_updates}', f'optim.lr={sizes.mission_lr}',
+            'dataset.generate.num_samples=2', f'optim.epochs={sizes.extension_epochs}',
+            f'optim.updates_per_epoch={sizes.extension_updates}', f'optim.lr={sizes.extension_lr}',
             'schedule.lr_scheduler=null', 'generate.every=1000', 'evaluate.every=1000',
             'evaluate.compare_base=false',  # the report is step 6's (python -m audiocraft_ext.evaluate)
             'generate.audio.strategy=peak', 'generate.lm.prompted_samples=false',

@@ -16,7 +16,7 @@ def cross_entropy(metrics: dict) -> tp.Dict[str, tp.Dict[str, float]]:
 
 
 def forgetting_control_defaults() -> tp.Dict[str, tp.Any]:
-    """The `replay.*` / `distill.*` defaults of solver/extended_musicgen.yaml, which the mission uses."""
+    """The `replay.*` / `distill.*` defaults of solver/extended_musicgen.yaml, which the extension run uses."""
     cfg = OmegaConf.create(config_text('extended_musicgen'))
     return {'replay_ratio': float(cfg.replay.ratio), 'replay_source': 'manifest' if cfg.replay.manifest else
             "the base's own generations", 'replay_ce_weight': float(cfg.replay.ce_weight),
