@@ -16,7 +16,7 @@ demo: setup
 # HTML report in a headless browser. `make demo` does not need it.
 test:
 	@bash scripts/setup.sh --browser
-	$(VENV)/bin/python -m pytest -q $(ARGS)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 setup:
 	@bash scripts/setup.sh

@@ -36,6 +36,7 @@ def test_bench_training_variants_on_tiny_shapes(tmp_path, monkeypatch):
     assert 'peak memory: extended + float16 base + checkpointing' in report
 
 
+@pytest.mark.slow
 def test_bench_adaptation_quick_runs_every_method(tmp_path, monkeypatch):
     """`python benchmarks/bench_adaptation.py --quick` end to end (no timing or quality is checked)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))

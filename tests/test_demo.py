@@ -10,6 +10,8 @@ import soundfile
 
 from audiocraft_ext import cli
 
+pytestmark = pytest.mark.slow  # the whole demo, end to end (about a minute)
+
 
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
