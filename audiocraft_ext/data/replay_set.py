@@ -18,16 +18,15 @@ The same arguments give the same codes: every batch is drawn from a seed of its 
 from dataclasses import dataclass
 import hashlib
 import json
-import os
 from pathlib import Path
-import shutil
-import tempfile
 import typing as tp
 
 from safetensors.torch import load_file, save_file
 import torch
 
 from audiocraft.modules.conditioners import ConditioningAttributes, WavCondition
+
+from ..io.atomic import atomic_directory
 
 REPLAY_SET_VERSION = 1
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / 'prompts' / 'replay_prompts.txt'
@@ -143,25 +142,11 @@ def generate_replay_set(lm: torch.nn.Module, prompts: tp.Sequence[str], num_samp
 
 def save_replay_set(replay: ReplaySet, folder: tp.Union[str, Path], settings: tp.Dict[str, tp.Any]) -> Path:
     """Write `replay` to `folder` (see module doc), atomically: a temporary folder beside, renamed."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.'))
-    try:
+    with atomic_directory(folder) as tmp:
         save_file({'codes': replay.codes.to(torch.int16).contiguous()}, str(tmp / 'codes.safetensors'))
         meta = {'version': REPLAY_SET_VERSION, 'key': replay.key, 'prompts': replay.prompts, 'settings': settings}
         (tmp / 'prompts.json').write_text(json.dumps(meta, indent=2) + '\n', encoding='utf-8')
-        for path in tmp.iterdir():
-            with open(path, 'rb') as file:
-                os.fsync(file.fileno())
-        os.chmod(tmp, 0o755)
-        if folder.exists():  # a concurrent writer finished first: its set is the same
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def load_replay_set(folder: tp.Union[str, Path]) -> ReplaySet:
