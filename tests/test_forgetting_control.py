@@ -2,6 +2,7 @@
 configured ratio, KL to the base's logits, in a plain loop and through the solver's config keys."""
 import json
 
+import flashy
 import pytest
 import torch
 
@@ -12,7 +13,8 @@ from audiocraft_ext.data.replay_set import (DEFAULT_PROMPTS, GenerationSettings,
 from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.models.feature_cache import BaseFeatureCache
-from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict
+from audiocraft_ext.solvers import replay_config
+from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict, replay_size
 
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
@@ -244,6 +246,21 @@ def test_solver_replays_an_old_domain_manifest(exported_bases, egs, dora_dir, ru
     assert solver.history[-1]['train']['replay_ce'] > 0
     report = json.loads((xp.folder / 'evaluation' / 'metrics.json').read_text())
     assert report['sets']['reference']['source'] == 'manifest'
+
+
+def test_replay_manifest_batches_match_the_per_rank_batch_on_two_ranks(exported_bases, egs, dora_dir, build_solver,
+                                                                       monkeypatch):
+    """On 2 ranks (global batch 4, so 2 per rank after `train.get_solver`), each rank's old-domain loader
+    yields the replay examples its loss asks for: replay_size(0.5, 2) = 1 (it yielded 2 once)."""
+    _, solver = build_solver(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+                              f'egs_root={egs}', f'replay.manifest={egs}', 'replay.ce_weight=1.0',
+                              'dataset.batch_size=4'])
+    monkeypatch.setattr(flashy.distrib, 'world_size', lambda: 2)
+    monkeypatch.setattr(flashy.distrib, 'is_distributed', lambda: False)  # no process group: a plain loader
+    solver.cfg.dataset.batch_size = 2  # what train.get_solver leaves on each of 2 ranks
+    control = replay_config.build_forgetting_control(solver)
+    batch = control.source.sample(replay_size(0.5, 2), 'cpu')
+    assert batch.codes.shape[0] == 1
 
 
 @pytest.mark.parametrize('override, words', [

@@ -83,13 +83,14 @@ def generated_replay_set(solver) -> ReplaySet:
 
 
 def manifest_loader(solver, manifest: str, batch_size: int):
-    """A loader over the old-domain manifest with the training split's settings, `batch_size` per rank."""
+    """A loader over the old-domain manifest with the training split's settings, `batch_size` per rank
+    (AudioCraft's loader takes `dataset.batch_size` per rank; `train.get_solver` has already divided it)."""
     cfg = copy.deepcopy(solver.cfg)
     with omegaconf.open_dict(cfg):
         cfg.datasource = {'max_sample_rate': solver.cfg.datasource.max_sample_rate,
                           'max_channels': solver.cfg.datasource.max_channels, 'train': manifest}
         cfg.execute_only = 'train'
-        cfg.dataset.batch_size = batch_size * flashy.distrib.world_size()
+        cfg.dataset.batch_size = batch_size
         cfg.seed = int(solver.cfg.seed) + 1  # other draws than the training split's
     return builders.get_audio_datasets(cfg, dataset_type=solver.DATASET_TYPE)['train']
 
@@ -127,7 +128,7 @@ def build_forgetting_control(solver) -> tp.Optional[ForgettingControl]:
     if float(cfg.replay.ratio) == 0:
         return None
     ratio = float(cfg.replay.ratio)
-    size = replay_size(ratio, cfg.dataset.batch_size // flashy.distrib.world_size())
+    size = replay_size(ratio, cfg.dataset.batch_size)  # per rank, as the batches `loss` gets
     source: tp.Union[ManifestReplay, GeneratedReplay]
     if cfg.replay.manifest:
         manifest = resolve_replay_manifest(cfg.replay.manifest)
