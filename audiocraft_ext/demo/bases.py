@@ -18,7 +18,7 @@ from ..io.torch_files import allow_omegaconf_in_torch_load, read_torch_file
 from .arguments import Sizes
 from .artefacts import DEMO_VERSION, config_text, key, mark_done, reuse_or_clear
 from .progress import Steps
-from .runs import common_overrides, run_in_process
+from .runs import common_overrides, run_logged
 
 
 def make_codec(cache: Path, data: Path, sizes: Sizes, args: argparse.Namespace, steps: Steps) -> tp.Tuple[Path, dict]:
@@ -41,7 +41,7 @@ def make_codec(cache: Path, data: Path, sizes: Sizes, args: argparse.Namespace, 
         argv = ['solver=demo_compression', f'egs_root={data / "egs" / "all"}', f'dora.dir={folder / "dora"}',
                 *common_overrides(args, sizes), f'optim.epochs={sizes.codec_epochs}',
                 f'optim.updates_per_epoch={sizes.codec_updates}']
-        xp = run_in_process(argv, folder / 'train.log')
+        xp = run_logged(argv, folder / 'train.log')
         with allow_omegaconf_in_torch_load():
             export_encodec(xp / 'checkpoint.th', exported)
     info = {**params, 'train_s': time.monotonic() - start}
@@ -69,7 +69,7 @@ def make_base(cache: Path, data: Path, codec: Path, sizes: Sizes, args: argparse
             f'dataset.segment_duration={sizes.segment}', f'optim.epochs={sizes.base_epochs}',
             f'optim.updates_per_epoch={sizes.base_updates}', f'optim.lr={sizes.base_lr}',
             f'generate.lm.gen_duration={sizes.segment / 2:g}']
-    xp = run_in_process(argv, folder / 'train.log')
+    xp = run_logged(argv, folder / 'train.log')
     export_base(xp / 'checkpoint.th', codec, exported)
     shutil.copy(xp / 'history.json', folder / 'history.json')
     info = {**params, 'train_s': time.monotonic() - start}

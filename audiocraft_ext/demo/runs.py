@@ -16,11 +16,13 @@ from .arguments import Sizes
 from .progress import CondensedLog, Steps, condensed_stderr
 
 
-def run_in_process(argv: tp.List[str], log_path: Path) -> Path:
-    """What `python -m audiocraft_ext.train *argv` does, in this process; returns the XP folder.
+def run_logged(argv: tp.List[str], log_path: Path) -> Path:
+    """What `python -m audiocraft_ext.train *argv` does, in this process, its log condensed into
+    `log_path`; returns the XP folder.
 
-    Same Dora main, same Hydra composition, same `main(cfg)` (`train.run_xp`); only the
-    interpreter (and its half-minute AudioCraft import) is shared with the demo.
+    Same Dora main, same Hydra composition, same `main(cfg)` with its logging (`train.run_xp`;
+    `train.run_in_process` skips that logging, which the demo shows); only the interpreter (and
+    its half-minute AudioCraft import) is shared with the demo.
     """
     xp = train.main.get_xp(train.expand_config_flags(argv))
     with condensed_stderr(log_path):

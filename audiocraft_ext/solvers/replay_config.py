@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 import typing as tp
 
+from dora import git_save
 import flashy
 import omegaconf
 import torch
@@ -54,7 +55,6 @@ def _frames(solver) -> int:
 
 
 def _absolute(path: str) -> Path:
-    from dora import git_save
     return Path(git_save.to_absolute_path(str(Path(str(path)).expanduser())))
 
 
