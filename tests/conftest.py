@@ -7,20 +7,50 @@ built once per session and must be treated as read-only (copy them before changi
 
 Helpers are fixtures that return the helper function (pytest's factory-as-fixture idiom): a test
 asks for `perturb_extension` and calls it; test modules never import conftest or each other.
+
+No test reads or writes the user's caches: before anything is imported, every cache the code under
+test or its libraries use is pointed at a temporary folder of this process (environment variables,
+so the commands the tests run inherit them); see `CACHE_ENV` and `test_caches`.
 """
 import hashlib
 from html.parser import HTMLParser
 import os
 from pathlib import Path
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import typing as tp
 
 import pytest
 import torch
 
-from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, offline_demucs, save_exported
+# variable -> folder under the session's cache root. Set here, at the top, because some readers
+# take them once, at import: Hugging Face's HF_HOME, Dora's folder (`train.main.dora.dir`).
+CACHE_ENV = {
+    'AUDIOCRAFT_EXT_CACHE': 'audiocraft-ext',               # ours: audiocraft_ext.io.cache_dirs (replay sets)
+    'AUDIOCRAFT_EXT_DEMO_CACHE': 'audiocraft-ext/demo',     # the demo's --cache-dir default
+    'AUDIOCRAFT_EXT_DORA_DIR': 'dora',                      # dora.dir of runs not told where
+    'XDG_CACHE_HOME': '.',                                  # pip, uv, and whatever else follows XDG
+    'HF_HOME': 'huggingface',                               # Hugging Face hub and transformers
+    'AUDIOCRAFT_CACHE_DIR': 'audiocraft',                   # AudioCraft's hub downloads
+    'TORCH_HOME': 'torch',                                  # torch.hub (demucs, encodec weights)
+    'MPLCONFIGDIR': 'matplotlib',                           # matplotlib's font cache and config
+}
+
+
+def _redirect_caches() -> Path:
+    root = Path(tempfile.mkdtemp(prefix='audiocraft-ext-test-caches-')).resolve()
+    for name, folder in CACHE_ENV.items():
+        os.environ[name] = str((root / folder).resolve())
+    return root
+
+
+CACHE_ROOT = _redirect_caches()
+
+# AudioCraft (and with it Hugging Face) only now, with the caches redirected.
+from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, offline_demucs, save_exported  # noqa: E402
 
 FRAMES = 12  # time steps of random codes used for logits comparisons (0.24 s at 50 frames/s)
 
@@ -197,6 +227,23 @@ def egs(tmp_path_factory) -> Path:
     write_tone_folder(root / 'audio', num_files=6, duration=1.5)
     prepare_data(root / 'audio', root / 'egs', captions=root / 'audio' / 'captions.csv')
     return root / 'egs'
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(CACHE_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def test_caches() -> tp.Iterator[Path]:
+    """The session's cache root: every variable of `CACHE_ENV` points under it (set when this file is
+    imported, before AudioCraft, Hugging Face or matplotlib is). Fails a session in which something
+    pointed them elsewhere; the folder is removed when the session ends."""
+    def wrong() -> tp.Dict[str, tp.Optional[str]]:
+        return {name: os.environ.get(name) for name, folder in CACHE_ENV.items()
+                if os.environ.get(name) != str((CACHE_ROOT / folder).resolve())}
+    assert not wrong(), f"cache variables not under {CACHE_ROOT}: {wrong()}"
+    yield CACHE_ROOT
+    assert not wrong(), f"a test left cache variables pointing elsewhere: {wrong()}"
 
 
 # ---- helpers as fixtures (each returns the function of the same name, with a leading underscore) ----

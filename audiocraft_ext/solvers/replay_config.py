@@ -17,9 +17,9 @@ import torch
 
 from audiocraft.solvers import builders
 
-from ..data.replay_set import (DEFAULT_CACHE, GenerationSettings, ReplaySet, cached_replay_set, prompt_attributes,
-                               read_prompts)
+from ..data.replay_set import GenerationSettings, ReplaySet, cached_replay_set, prompt_attributes, read_prompts
 from ..evaluation.lm_metrics import extension_scale
+from ..io.cache_dirs import cache_dir
 from ..models.feature_cache import BaseFeatureCache
 from .replay import ForgettingControl, GeneratedReplay, ManifestReplay, replay_size
 
@@ -58,15 +58,19 @@ def _absolute(path: str) -> Path:
     return Path(git_save.to_absolute_path(str(Path(str(path)).expanduser())))
 
 
+def replay_cache_dir(cfg: omegaconf.DictConfig) -> Path:
+    """`replay.cache_dir`, or when null the `replay` folder of our cache root (`io.cache_dirs`)."""
+    return _absolute(cfg.replay.cache_dir) if cfg.replay.cache_dir else cache_dir('replay')
+
+
 def generated_replay_set(solver) -> ReplaySet:
     """The base's own generations for `replay.prompts` (all of them: training and held-out parts)."""
     cfg = solver.cfg.replay
     prompts = read_prompts(_absolute(cfg.prompts) if cfg.prompts else None)
-    cache_dir = _absolute(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE
     settings = generation_settings(solver.cfg)
     args = dict(base_hash=solver.base_hash, prompts=prompts, num_samples=int(cfg.num_samples),
                 num_frames=_frames(solver), sample_rate=int(solver.cfg.sample_rate), seed=int(cfg.seed),
-                cache_dir=cache_dir, batch_size=int(cfg.batch_size), settings=settings,
+                cache_dir=replay_cache_dir(solver.cfg), batch_size=int(cfg.batch_size), settings=settings,
                 log=solver.logger.info)
     model = solver.model
     if not flashy.distrib.is_rank_zero():  # rank 0 generates; the others read what it stored
@@ -114,7 +118,7 @@ def replay_feature_cache(solver) -> tp.Optional[BaseFeatureCache]:
     cfg = solver.cfg
     if not cfg.replay.get('feature_cache') or float(cfg.replay.ratio) == 0 or solver.model.transformer.feature_cache:
         return None
-    root = _absolute(cfg.replay.cache_dir) if cfg.replay.cache_dir else DEFAULT_CACHE
+    root = replay_cache_dir(cfg)
     max_gb = (cfg.get('feature_cache') or {}).get('max_gb')
     cache = BaseFeatureCache(root / 'features', solver.model.base_transformer,
                              None if max_gb is None else int(float(max_gb) * 2 ** 30))
