@@ -10,7 +10,7 @@
 #   4. Once per (FFmpeg version, uv.lock): a check that torchcodec really loads FFmpeg.
 #   5. Only with --browser (`make test`): Debian's `chromium`, for the test that opens the HTML
 #      report in a headless browser. Failing to install it is not fatal: that test then skips
-#      and says why. `make demo` never installs it.
+#      and says why (it fails where CI is set). `make demo` never installs it.
 #
 # Usage: scripts/setup.sh [--browser]
 # Environment: AUDIOCRAFT_EXT_VENV (venv path). Prints `[setup] ...` lines.

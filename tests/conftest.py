@@ -47,6 +47,7 @@ def _redirect_caches() -> Path:
     return root
 
 
+USER_ENVIRON = dict(os.environ)  # before the redirection: to find (read, never write) what setup made
 CACHE_ROOT = _redirect_caches()
 
 # AudioCraft (and with it Hugging Face) only now, with the caches redirected.
@@ -244,6 +245,13 @@ def test_caches() -> tp.Iterator[Path]:
     assert not wrong(), f"cache variables not under {CACHE_ROOT}: {wrong()}"
     yield CACHE_ROOT
     assert not wrong(), f"a test left cache variables pointing elsewhere: {wrong()}"
+
+
+@pytest.fixture(scope='session')
+def user_environ() -> tp.Dict[str, str]:
+    """The environment as the session started, before `CACHE_ENV` redirected the caches: for a test
+    that must find something the setup put in a user cache (it reads there, never writes)."""
+    return dict(USER_ENVIRON)
 
 
 # ---- helpers as fixtures (each returns the function of the same name, with a leading underscore) ----

@@ -8,6 +8,7 @@ import sys
 import pytest
 import soundfile
 import torch
+import torchaudio
 
 SAMPLE_RATE = 16000
 # 16-bit PCM stores round(x * 32768) / 32768: a round trip is off by at most half a step;
@@ -28,7 +29,6 @@ def _read_soundfile(path: Path):
 
 
 def test_torchaudio_save_roundtrip(tmp_path):
-    torchaudio = pytest.importorskip('torchaudio')
     wav = _sines()
     path = tmp_path / 'sine.wav'
     torchaudio.save(str(path), wav, SAMPLE_RATE)  # torchaudio 2.9: through torchcodec + FFmpeg
