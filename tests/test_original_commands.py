@@ -7,6 +7,7 @@ CPU by overrides appended after it) and what we offer instead where it cannot wo
 (no `config/` tree), through our Hydra plugin.
 """
 import importlib.util
+import math
 import os
 from pathlib import Path
 import re
@@ -21,6 +22,7 @@ import torchaudio
 
 from audiocraft.models import MusicGen
 from audiocraft_ext import ExtendedMusicGen, evaluate, train
+from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 
 
@@ -88,8 +90,15 @@ def test_original_train_command_trains_then_ours_evaluates_it(exported_bases, eg
     ours = shlex.split(OURS_EVALUATE.replace('your_extended_model_signature', checkpoint.parent.name))
     assert ours[:3] == ['python', '-m', 'audiocraft_ext.evaluate']
     report = evaluate.run([*ours[3:], f'dora.dir={dora_dir}'])
-    assert Path(report['metrics_path']).parent.parent == checkpoint.parent
-    assert (checkpoint.parent / 'evaluation' / 'metrics.json').exists()
+    assert Path(report['metrics_path']) == checkpoint.parent / 'evaluation' / 'metrics.json'
+    # The run AudioCraft's command trained, after its one epoch, on the base that command named.
+    assert (report['sig'], report['checkpoint'], report['epoch']) == (checkpoint.parent.name, str(checkpoint), 1)
+    assert report['base_model'] == str(exported_bases['text'])
+    assert report['base_hash'] == weights_hash(build_tiny_musicgen('text', seed=0).lm.state_dict())
+    assert report['run']['num_additional_layers'] == 2
+    new = report['sets']['new']
+    assert math.isfinite(new['base']['ce']) and math.isfinite(new['extended']['ce'])
+    assert new['extended']['ce'] != new['base']['ce'], "the trained new layers were not used"
 
 
 def test_python_says_audiocraft_has_no_evaluate_module():

@@ -5,6 +5,7 @@ tested elsewhere name their tests in docs/ERRORS.md. Solver cases build the solv
 (as `python -m audiocraft_ext.train ARGS` does) on the exported tiny text base.
 """
 import json
+import math
 from pathlib import Path
 import re
 import typing as tp
@@ -100,10 +101,30 @@ def test_egs_root_that_does_not_exist(exported_bases, tmp_path, solver):
         solver(exported_bases['text'], tmp_path / 'nowhere')
 
 
-def test_data_checks_can_be_turned_off_for_captions(exported_bases, tmp_path, solver):
+def test_data_checks_can_be_turned_off_for_captions(exported_bases, tmp_path, build_solver):
+    """data_checks.captions=false: the file without a caption is trained on, with no description (the
+    others with theirs), instead of stopping the run."""
     egs = make_egs(tmp_path)
     break_data('missing sidecar')(egs)
-    solver(exported_bases['text'], egs, 'data_checks.captions=false')  # trains with an empty description
+    uncaptioned = str(first_train_file(egs))
+    xp, solver = build_solver(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+                               f'egs_root={egs}', 'data_checks.captions=false', 'optim.epochs=1',
+                               'optim.updates_per_epoch=4', 'replay.ratio=0'])
+    solver.should_run_stage = lambda stage: False  # no evaluate / generate: the training is what is tested
+    seen: tp.List[tp.Tuple[str, tp.Any]] = []
+    prepare = solver._prepare_tokens_and_attributes
+
+    def recording(batch, *args, **kwargs):
+        if solver.is_training:
+            seen.extend((info.meta.path, info.description) for info in batch[1])
+        return prepare(batch, *args, **kwargs)
+    solver._prepare_tokens_and_attributes = recording
+    with xp.enter():
+        solver.run()
+    assert len(seen) == 4 * solver.cfg.dataset.batch_size
+    assert {description for path, description in seen if path == uncaptioned} == {None}
+    assert all(description for path, description in seen if path != uncaptioned)
+    assert len(solver.history) == 1 and math.isfinite(solver.history[0]['train']['ce'])
 
 
 # name -> (overrides, error type, message start)
