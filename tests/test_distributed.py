@@ -15,11 +15,11 @@ from audiocraft_ext.data.prepare import prepare_data
 from audiocraft_ext.data.synth_dataset import write_tone_folder
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+def _rendezvous_store() -> torch.distributed.TCPStore:
+    """The ranks' rendezvous store, hosted by this process as torchrun's agent hosts it
+    (TORCHELASTIC_USE_AGENT_STORE: every rank connects as a client): bound to port 0 here and held
+    until the ranks are done, so no other process can take the port between choosing and using it."""
+    return torch.distributed.TCPStore('127.0.0.1', 0, is_master=True, wait_for_workers=False)
 
 
 @pytest.mark.slow
@@ -48,12 +48,14 @@ def test_dora_run_and_two_gloo_processes_match_one(exported_bases, tmp_path, run
     assert single_ckpt.parent.name in info.stdout + info.stderr
     argv = ['-m', 'audiocraft_ext.train', *overrides]
 
-    port = _free_port()
+    store = _rendezvous_store()
     env = dict(os.environ, AUDIOCRAFT_EXT_DORA_DIR=str(tmp_path / 'multi'), WORLD_SIZE='2',
-               MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), PYTHONWARNINGS='ignore')
+               MASTER_ADDR='127.0.0.1', MASTER_PORT=str(store.port), TORCHELASTIC_USE_AGENT_STORE='True',
+               PYTHONWARNINGS='ignore')
     procs = [subprocess.Popen([sys.executable, *argv], cwd=tmp_path, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
     outputs = [proc.communicate(timeout=400)[0] for proc in procs]
+    del store
     for proc, output in zip(procs, outputs):
         assert proc.returncode == 0, output[-5000:]
 

@@ -8,11 +8,12 @@ Why bit-equality holds: the solver reseeds Python's, NumPy's and torch's RNGs fr
 trained epochs 1..k-1 itself or restored them from `checkpoint.th` (optimizer state included).
 
 Two subprocesses (the killed run and the resumed one, ~30 s of imports each) and one in-process
-reference run.
+reference run. The kill waits for a state, not a time: the first run is the same command with one
+hook, which stops in epoch 2 before its step PAUSE_AT and says so in a marker file; SIGKILL lands
+there however fast or slow the machine is.
 """
 import os
 from pathlib import Path
-import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,31 @@ from audiocraft_ext import train
 from audiocraft_ext.data.prepare import prepare_data
 from audiocraft_ext.data.synth_dataset import write_tone_folder
 
-UPDATES = 16
+UPDATES = 6
+PAUSE_AT = 3  # epoch 2 is killed before this step (steps 0..PAUSE_AT-1 trained)
+
+# `python -m audiocraft_ext.train ARGS`, run with runpy as `-m` runs it, after one change: the solver
+# waits, in training step PAUSE_AT of epoch 2 before computing it, until it is killed, and writes
+# the marker file first. argv: MARKER ARGS...
+PAUSED_TRAIN = f"""
+import runpy, sys, time
+from pathlib import Path
+from audiocraft_ext.solvers.extended_musicgen import ExtendedMusicGenSolver
+marker = Path(sys.argv.pop(1))
+run_step = ExtendedMusicGenSolver.run_step
+
+def paused(self, idx, batch, metrics):
+    if self.is_training and self.epoch == 2 and idx == {PAUSE_AT}:
+        written = marker.with_name(marker.name + '.tmp')
+        written.write_text(str(len(self.history)))
+        written.rename(marker)  # whole when it appears
+        while True:
+            time.sleep(1)
+    return run_step(self, idx, batch, metrics)
+
+ExtendedMusicGenSolver.run_step = paused
+runpy.run_module('audiocraft_ext.train', run_name='__main__', alter_sys=True)
+"""
 
 
 def command(base: Path, egs: Path, dora_dir: Path) -> tp.List[str]:
@@ -35,22 +60,25 @@ def command(base: Path, egs: Path, dora_dir: Path) -> tp.List[str]:
             f'logging.log_updates={UPDATES}', '++evaluate.compare_base=false', f'dora.dir={dora_dir}']
 
 
-def start(args: tp.List[str], log: Path) -> subprocess.Popen:
+def start(args: tp.List[str], log: Path, pause_marker: tp.Optional[Path] = None) -> subprocess.Popen:
+    """`python -m audiocraft_ext.train *args`, or with `pause_marker` its paused variant (PAUSED_TRAIN)."""
     env = dict(os.environ, PYTHONWARNINGS='ignore')
-    return subprocess.Popen([sys.executable, '-m', 'audiocraft_ext.train', *args], env=env,
-                            stdout=open(log, 'w'), stderr=subprocess.STDOUT)
+    program = ['-m', 'audiocraft_ext.train'] if pause_marker is None else ['-c', PAUSED_TRAIN, str(pause_marker)]
+    return subprocess.Popen([sys.executable, *program, *args], env=env, stdout=open(log, 'w'), stderr=subprocess.STDOUT)
 
 
-def wait_for(predicate: tp.Callable[[], bool], process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+def wait_for_file(path: Path, process: subprocess.Popen, log: Path, timeout: float = 480) -> None:
+    """Until `path` exists; fails if the run ends first or after `timeout` s (a hung run, not a slow one:
+    the run waits there, so how often this looks only costs latency)."""
     deadline = time.time() + timeout
-    while not predicate():
+    while not path.exists():
         if process.poll() is not None:
             raise AssertionError(f"the run ended (rc {process.returncode}) before the kill:\n"
                                  f"{log.read_text()[-4000:]}")
         if time.time() > deadline:
             process.kill()
             raise AssertionError(f"timed out:\n{log.read_text()[-4000:]}")
-        time.sleep(0.02)
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -73,17 +101,14 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(exported_bases
     egs = tmp_path / 'egs'
     args = command(exported_bases['text'], egs, tmp_path / 'killed')
 
-    # 1. Start, wait until epoch 1 is checkpointed and epoch 2 has trained a few steps, SIGKILL.
+    # 1. Start; once epoch 1 is checkpointed and epoch 2 has trained PAUSE_AT steps, the run waits: SIGKILL.
     log = tmp_path / 'first.log'
-    process = start(args, log)
-    progress = re.compile(rf'Train \| Epoch 2 \| (\d+)/{UPDATES}')
-
-    def mid_epoch_2() -> bool:
-        steps = [int(m) for m in progress.findall(log.read_text(errors='replace'))]
-        return bool(steps) and max(steps) >= 3
-    wait_for(mid_epoch_2, process, log)
+    marker = tmp_path / 'paused'
+    process = start(args, log, pause_marker=marker)
+    wait_for_file(marker, process, log)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert marker.read_text() == '1'  # one epoch in the history when it paused
     folders = list((tmp_path / 'killed' / 'xps').iterdir())
     assert len(folders) == 1
     folder = folders[0]
