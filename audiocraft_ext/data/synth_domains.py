@@ -35,10 +35,10 @@ of one split does not change the clips of another.
 """
 from dataclasses import dataclass
 import typing as tp
-import zlib
 
 import numpy as np
 
+from .layout import keyed_rng  # noqa: F401 (the clips' generator; re-exported)
 from .synthesizer import PATTERNS, TIMBRES, ClipSpec
 
 SYNTH_VERSION = 1  # of what a (seed, domain, split, index) renders; in every sidecar and synth.json
@@ -91,13 +91,6 @@ DOMAIN_SPECS: tp.Dict[str, DomainSpec] = {
                       drums_probability=0.5, low=57, high=88,
                       genre='electronic', moods=('energetic', 'tense', 'driving')),
 }
-
-
-def keyed_rng(*keys: tp.Union[int, str]) -> np.random.Generator:
-    """A generator that depends only on `keys` (strings hashed with a stable CRC), e.g.
-    (seed, domain, split, clip index)."""
-    entropy = [k % 2 ** 64 if isinstance(k, int) else zlib.crc32(k.encode('utf-8')) for k in keys]
-    return np.random.default_rng(entropy)
 
 
 def sample_clip_spec(domain: tp.Union[str, DomainSpec], rng: np.random.Generator) -> ClipSpec:
