@@ -1,6 +1,6 @@
 """The controlled two-domain task of `bench_adaptation.py`: data, codes, a base trained on the old domain.
 
-Everything is cached under `--cache-dir` (default ~/.cache/audiocraft-ext/bench_adaptation), keyed
+Everything is cached under `--cache-dir` (default `bench_adaptation` in our cache root, `io.cache_dirs`), keyed
 on every parameter that changes it, so the methods of later runs start from the same base:
 
 1. **Data**: `audiocraft_ext.data.synth_domains`' two domains (``old``: slow major pads/organ/flute;

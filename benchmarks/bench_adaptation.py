@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_OUT, ensure_out, machine_description, median_and_spread, peak_step_bytes  # noqa: E402
 import adaptation_task as task_lib  # noqa: E402
 from adaptation_methods import Method, Trainer  # noqa: E402
+from audiocraft_ext.io.cache_dirs import cache_dir  # noqa: E402
 
 ALPHAS = (0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 LEVELS = (0.02, 0.05)
@@ -219,7 +220,7 @@ def parse_args(argv: tp.Optional[tp.List[str]]) -> argparse.Namespace:
     parser.add_argument('--workers', type=int, default=2,
                         help='training processes, 0: in this process (default: %(default)s)')
     parser.add_argument('--repeats', type=int, help='timing rounds (default 10; --quick 1)')
-    parser.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'audiocraft-ext' / 'bench_adaptation'))
+    parser.add_argument('--cache-dir', default=str(cache_dir('bench_adaptation')))
     parser.add_argument('--out', default=str(DEFAULT_OUT))
     parser.add_argument('--plot', help='PNG of the trade-off curves (default: <out>/bench_adaptation.png)')
     parser.add_argument('--fresh', action='store_true', help='ignore runs recorded by earlier invocations')
