@@ -3,6 +3,8 @@
 Subcommands:
     demo             the whole method end to end, offline, on a CPU (see audiocraft_ext/demo/pipeline.py).
     make-synth-data  write the synthetic two-domain captioned dataset.
+    make-score-data  write the demo's dataset of real music (scores rendered with FluidSynth), or
+                     render a folder of your own MIDI files the same way.
     prepare-data     write AudioCraft dataset manifests and sidecar metadata for training.
     export           turn a training run (dora sig or checkpoint) into an extension or AudioCraft's layout.
     convert          rewrite an extension saved by an older version in the current format.
@@ -18,7 +20,10 @@ from pathlib import Path
 import sys
 import typing as tp
 
+from .data.midi_file import MidiFileError
+from .data.midi_render import MidiRenderError
 from .data.prepare import DataPreparationError, prepare_data
+from .data.score_dataset import write_score_dataset
 from .data.splits import SplitSize, split_sizes
 from .data.synth_dataset import DEFAULT_SPLITS, write_dataset, write_tone_folder
 from .data.synth_domains import DOMAINS
@@ -54,25 +59,56 @@ def _prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_synth_data(args: argparse.Namespace) -> int:
-    """The synthetic two-domain dataset (data/synth_dataset.py), one domain or both; prints progress."""
+def _splits_of(args: argparse.Namespace) -> tp.List[tp.Tuple[str, SplitSize]]:
     splits: tp.List[tp.Tuple[str, SplitSize]] = [('train', 1.0)]
     for name, _ in DEFAULT_SPLITS[1:]:
         value = getattr(args, name)
         splits.append((name, int(value) if value >= 1 else float(value)))
-    domains = list(DOMAINS) if args.domain == 'both' else [args.domain]
+    return splits
+
+
+def _write_domains(args: argparse.Namespace, domains: tp.Sequence[str], write: tp.Callable[..., tp.Dict[str, Path]]) -> int:
+    """Write each domain with `write(out, domain, clips, duration, sample_rate, seed, splits, progress=)`."""
+    splits = _splits_of(args)
     for domain in domains:
         def progress(done: int, total: int, domain: str = domain) -> None:
             end = '\n' if done == total else '\r'
             print(f"[{domain}] rendered {done}/{total} clips", end=end, flush=True)
 
-        manifests = write_dataset(args.out, domain, args.clips, args.duration, args.sample_rate,
-                                  args.seed, splits, progress=progress)
+        manifests = write(args.out, domain, args.clips, args.duration, args.sample_rate,
+                          args.seed, splits, progress=progress)
         sizes = split_sizes(args.clips, splits)
         counts = ', '.join(f"{split} {sizes[split]}" for split in manifests)
         root = Path(args.out).expanduser().resolve() / 'egs' / domain
         print(f"[{domain}] {counts} -> train with: dset=audio/egs egs_root={root}")
     return 0
+
+
+def _make_synth_data(args: argparse.Namespace) -> int:
+    """The synthetic two-domain dataset (data/synth_dataset.py), one domain or both; prints progress."""
+    return _write_domains(args, list(DOMAINS) if args.domain == 'both' else [args.domain], write_dataset)
+
+
+def _make_score_data(args: argparse.Namespace) -> int:
+    """Excerpts of the shipped scores or of a MIDI folder (data/score_dataset.py); prints progress."""
+    if args.midi_dir is None:
+        domain = args.domain or 'both'
+        if domain not in ('old', 'new', 'both'):
+            print(f"error: --domain {domain}: the score set has the domains old and new (or both); "
+                  "other names go with --midi-dir.", file=sys.stderr)
+            return 2
+        domains = list(DOMAINS) if domain == 'both' else [domain]
+    else:
+        domains = [args.domain or 'midi']
+
+    def write(*arguments, **options):
+        return write_score_dataset(*arguments, midi_dir=args.midi_dir, soundfont=args.soundfont, **options)
+
+    try:
+        return _write_domains(args, domains, write)
+    except (MidiRenderError, MidiFileError, DataPreparationError, FileNotFoundError, ValueError) as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 2
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -274,20 +310,37 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=report_command.run_report)
 
     synth = commands.add_parser('make-synth-data', help='write the synthetic two-domain captioned dataset (old/new)')
-    synth.add_argument('--out', required=True, help='dataset root directory')
     synth.add_argument('--domain', choices=['old', 'new', 'both'], default='both',
                        help='which domain(s) to write (default: %(default)s)')
-    synth.add_argument('--clips', type=int, default=40,
-                       help='clips per domain over all splits (default: %(default)s)')
-    synth.add_argument('--duration', type=float, default=8.0, help='seconds per clip (default: %(default)s)')
-    synth.add_argument('--seed', type=int, default=0, help='random seed (default: %(default)s)')
-    synth.add_argument('--sample-rate', type=int, default=16000, help='sample rate in Hz (default: %(default)s)')
-    for name, fraction in DEFAULT_SPLITS[1:]:
-        synth.add_argument(f'--{name}', type=float, default=fraction, metavar='N',
-                           help=f'{name} split: a fraction below 1 or a count of clips '
-                                f'(default: {fraction}); train gets the rest')
+    _dataset_arguments(synth)
     synth.set_defaults(func=_make_synth_data)
+
+    scores = commands.add_parser(
+        'make-score-data', help="write the demo's real-music dataset (Bach chorales / Irish dance tunes, "
+                                "rendered with FluidSynth), or render your own MIDI folder",
+        description='Excerpts of MIDI scores rendered with FluidSynth and a General MIDI SoundFont, '
+                    'captioned from the scores, in AudioCraft\'s layout (audiocraft_ext/data/score_dataset.py).')
+    scores.add_argument('--domain', help='old, new or both (default) of the shipped score set; with '
+                                         '--midi-dir, the name to write the folder under (default: midi)')
+    scores.add_argument('--midi-dir', metavar='DIR',
+                        help='render your own MIDI files (captions from DIR/captions.csv, else from each file)')
+    scores.add_argument('--soundfont', metavar='SF2', help='General MIDI SoundFont (default: Debian\'s FluidR3_GM.sf2)')
+    _dataset_arguments(scores)
+    scores.set_defaults(func=_make_score_data)
     return parser
+
+
+def _dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--out', required=True, help='dataset root directory')
+    parser.add_argument('--clips', type=int, default=40,
+                        help='clips per domain over all splits (default: %(default)s)')
+    parser.add_argument('--duration', type=float, default=8.0, help='seconds per clip (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0, help='random seed (default: %(default)s)')
+    parser.add_argument('--sample-rate', type=int, default=16000, help='sample rate in Hz (default: %(default)s)')
+    for name, fraction in DEFAULT_SPLITS[1:]:
+        parser.add_argument(f'--{name}', type=float, default=fraction, metavar='N',
+                            help=f'{name} split: a fraction below 1 or a count of clips '
+                                 f'(default: {fraction}); train gets the rest')
 
 
 def main(argv: tp.Optional[tp.List[str]] = None) -> int:

@@ -3,7 +3,9 @@
 # already there it only checks, in about a second.
 #
 #   1. Debian's `ffmpeg` package: the `ffmpeg` binary (AudioCraft's `audio_write` pipes into it)
-#      and the FFmpeg shared libraries that `torchcodec` (behind `torchaudio.save/load`) loads.
+#      and the FFmpeg shared libraries that `torchcodec` (behind `torchaudio.save/load`) loads;
+#      Debian's `fluidsynth` and `fluid-soundfont-gm`: the demo's music is MIDI scores rendered by
+#      the `fluidsynth` command with the FluidR3 General MIDI SoundFont.
 #   2. uv, pinned (pip install --user), when the `uv` found is not that version.
 #   3. The locked environment (`uv sync --frozen --extra test`) in a venv outside the repository,
 #      ${AUDIOCRAFT_EXT_VENV:-$HOME/.cache/audiocraft-ext/venv}, so every checkout finds it warm.
@@ -63,10 +65,15 @@ deb_installed() {  # deb_installed PKG: true when dpkg says PKG is installed.
 
 # --- 1. System packages --------------------------------------------------------------------
 missing=()
+SOUNDFONT=/usr/share/sounds/sf2/FluidR3_GM.sf2
 if command -v dpkg-query >/dev/null; then
     deb_installed ffmpeg || missing+=(ffmpeg)
+    deb_installed fluidsynth || missing+=(fluidsynth)
+    deb_installed fluid-soundfont-gm || missing+=(fluid-soundfont-gm)
 else
     command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+    command -v fluidsynth >/dev/null || missing+=(fluidsynth)
+    [ -f "$SOUNDFONT" ] || [ -n "${AUDIOCRAFT_EXT_SOUNDFONT:-}" ] || missing+=(fluid-soundfont-gm)
 fi
 # uv needs a Python 3.11 interpreter (requires-python ==3.11.*) and pip to install uv itself.
 # Debian bookworm's python3 is 3.11.
@@ -78,6 +85,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 command -v ffmpeg >/dev/null || die "ffmpeg is still missing after install."
 log "ffmpeg: $(ffmpeg -version | head -n1 | cut -d' ' -f1-3)"
+command -v fluidsynth >/dev/null || die "fluidsynth is still missing after install."
+[ -f "$SOUNDFONT" ] || [ -f "${AUDIOCRAFT_EXT_SOUNDFONT:-}" ] ||
+    die "no SoundFont at $SOUNDFONT after installing fluid-soundfont-gm (or set AUDIOCRAFT_EXT_SOUNDFONT to a .sf2 file)."
+log "fluidsynth: $(fluidsynth --version 2>/dev/null | head -n1 | awk '{print $NF}'), SoundFont ${AUDIOCRAFT_EXT_SOUNDFONT:-$SOUNDFONT}"
 
 # --- 2. uv ----------------------------------------------------------------------------------
 uv_version() { "$1" --version 2>/dev/null | awk '{print $2}'; }

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from audiocraft_ext import cli
 from audiocraft_ext.data import midi_render, score_dataset, score_domains
 from audiocraft_ext.data.midi_file import MidiFileError, Note, Part, midi_bytes, read_midi
 from synth_statistics import clip_statistics
@@ -299,3 +300,12 @@ def test_recipe_remakes_shipped_pieces_byte_for_byte():
         assert data == (score_domains.SCORES_DIR / piece.midi).read_bytes(), piece_id
         shipped = {k: v for k, v in piece.__dict__.items() if k not in ('midi', 'sha256')}
         assert entry == shipped
+
+
+def test_make_score_data_command(renderer, tmp_path, capsys):
+    assert cli.main(['make-score-data', '--out', str(tmp_path), '--domain', 'new', '--clips', '4',
+                     '--duration', '1', '--seed', '3']) == 0
+    assert f"egs_root={tmp_path.resolve() / 'egs' / 'new'}" in capsys.readouterr().out
+    assert len((tmp_path / 'egs' / 'new' / 'train' / 'data.jsonl').read_text().splitlines()) == 1
+    assert cli.main(['make-score-data', '--out', str(tmp_path), '--soundfont', str(tmp_path / 'nope.sf2')]) == 2
+    assert 'error: SoundFont not found' in capsys.readouterr().err

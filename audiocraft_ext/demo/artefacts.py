@@ -1,6 +1,6 @@
 """The demo's cache: one folder per artefact, named by a hash of every parameter that changes it.
 
-    <cache>/data-<key>/    the synthetic two-domain dataset (`make_data`)
+    <cache>/data-<key>/    the two-domain dataset: excerpts of real scores (`make_data`)
     <cache>/codec-<key>/   the tiny EnCodec (`bases.make_codec`)
     <cache>/base-<key>/    the tiny MusicGen base (`bases.make_base`)
 
@@ -15,8 +15,8 @@ import typing as tp
 
 from .. import CONFIG_DIR
 from ..data.splits import SPLITS
-from ..data.synth_dataset import write_dataset
-from ..data.synth_domains import DOMAINS, SYNTH_VERSION
+from ..data.score_dataset import write_score_dataset
+from ..data.score_domains import DOMAINS, SCORE_SET_VERSION
 from ..io.atomic import atomic_write_text
 from .arguments import Sizes
 from .progress import Steps
@@ -60,16 +60,20 @@ def reuse_or_clear(folder: Path, artefact: Path, args: argparse.Namespace, steps
 
 
 def make_data(cache: Path, sizes: Sizes, seed: int, sample_rate: int, no_cache: bool) -> Path:
-    """Both domains (and an `all` manifest for the codec), cached; returns the data root."""
-    params = {'synth': SYNTH_VERSION, 'clips': sizes.clips, 'duration': sizes.duration,
+    """Both domains (and an `all` manifest for the codec), cached; returns the data root.
+
+    ``old`` is Bach chorales, ``new`` Irish dance tunes, rendered with FluidSynth from the
+    shipped score set (`data.score_domains`); a new version of that set makes a new folder.
+    """
+    params = {'scores': SCORE_SET_VERSION, 'clips': sizes.clips, 'duration': sizes.duration,
               'seed': seed, 'sample_rate': sample_rate}
     root = cache / f'data-{key(params)}'
     if done(root) and not no_cache:
         return root
     fresh(root)
     for domain in DOMAINS:
-        write_dataset(root, domain, num_clips=sizes.clips, duration=sizes.duration,
-                      sample_rate=sample_rate, seed=seed)
+        write_score_dataset(root, domain, num_clips=sizes.clips, duration=sizes.duration,
+                            sample_rate=sample_rate, seed=seed)
     for split in SPLITS:  # both domains, for the compression model
         lines = []
         for domain in DOMAINS:

@@ -2,9 +2,10 @@
 
 Steps (each printed as `[x/N] name`):
 
-1. **Data**: the synthetic two-domain captioned dataset (`audiocraft_ext.data.synth_dataset`): an
-   ``old`` domain (slow major-key pads, organ, flute) and a ``new`` one (fast minor-key plucks,
-   square leads, bells, drums), in AudioCraft's layout.
+1. **Data**: a two-domain captioned dataset of real music (`audiocraft_ext.data.score_dataset`):
+   excerpts of public-domain scores rendered with FluidSynth, an ``old`` domain (Bach chorales on
+   church organ or strings) and a ``new`` one (Irish reels, jigs and hornpipes on fiddle or
+   flute), in AudioCraft's layout.
 2. **Compression model**: a tiny 16 kHz EnCodec trained briefly on both domains' audio with
    AudioCraft's own `CompressionSolver` (reconstruction losses, no discriminators), exported
    with `audiocraft.utils.export.export_encodec`. `--codec random` uses an untrained one.
@@ -49,7 +50,7 @@ from .report_page import write_demo_report
 from .runs import extension_run_argv, read_history, run_evaluate, run_subprocess, xp_folder
 from .summary import cross_entropy, forgetting_control_defaults, print_summary
 
-STEPS = ('Synthetic data', 'Compression model', 'Base MusicGen on the old domain',
+STEPS = ('Music data', 'Compression model', 'Base MusicGen on the old domain',
          'Extend and train on the new domain', 'Export and generate', 'Evaluate', 'Summary')
 
 

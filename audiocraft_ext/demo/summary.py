@@ -41,9 +41,9 @@ def print_summary(summary: dict, generation: dict, steps: Steps) -> None:
         f"  training      {format_seconds(summary['training_s'])} "
         f"({format_seconds(summary['training_wall_s'])} with start-up)",
         "  cross entropy (lower is better)                  base  extended",
-        f"    new domain (fast, minor, plucks/leads/bells)  {ce['new']['base']:6.3f}    {ce['new']['extended']:6.3f}"
+        f"    new domain (Irish dance tunes, fiddle/flute)  {ce['new']['base']:6.3f}    {ce['new']['extended']:6.3f}"
         f"  ({ce['new']['extended'] - ce['new']['base']:+.3f})",
-        f"    old domain (slow, major, pads/organ/flute)    {ce['old']['base']:6.3f}    {ce['old']['extended']:6.3f}"
+        f"    old domain (Bach chorales, organ/strings)     {ce['old']['base']:6.3f}    {ce['old']['extended']:6.3f}"
         f"  ({ce['old']['extended'] - ce['old']['base']:+.3f})",
         f"  gain          {summary['gain_new']:+.3f} nats/token on the new domain (base - extended)",
         f"  forgetting    {summary['forgetting_old']:+.3f} nats/token on the old domain (extended - base)",
