@@ -21,7 +21,7 @@ from ..io.atomic import atomic_write_text
 from .arguments import Sizes
 from .progress import Steps
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 
 def key(payload: tp.Any) -> str:

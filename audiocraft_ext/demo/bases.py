@@ -1,6 +1,7 @@
 """What the demo's extension run starts from: a tiny EnCodec and a tiny MusicGen base, trained by AudioCraft's
 own solvers (`CompressionSolver`, `MusicGenSolver`) in this process, exported, cached."""
 import argparse
+import json
 from pathlib import Path
 import shutil
 import time
@@ -8,13 +9,17 @@ import typing as tp
 
 from audiocraft.models import builders
 from audiocraft.utils.export import export_encodec
+import numpy as np
 from omegaconf import OmegaConf
+import soundfile
 import torch
 
 from .. import CONFIG_DIR
 from ..io.atomic import atomic_torch_save
 from ..io.exported_layout import exported_package, read_exported_file, write_exported
 from ..io.torch_files import allow_omegaconf_in_torch_load, read_torch_file
+from ..models.bases import build_compression_model
+from ..models.codec_health import check_codec_health, refit_codebooks
 from .arguments import Sizes
 from .artefacts import DEMO_VERSION, config_text, key, mark_done, reuse_or_clear
 from .progress import Steps
@@ -36,6 +41,7 @@ def make_codec(cache: Path, data: Path, sizes: Sizes, args: argparse.Namespace, 
         cfg = OmegaConf.load(CONFIG_DIR / 'solver' / 'demo_compression.yaml')
         torch.manual_seed(args.seed)
         model = builders.get_compression_model(cfg)
+        refit_codebooks(model, clips(data, 'train'))  # its codebooks start empty (k-means init)
         atomic_torch_save(exported_package(OmegaConf.to_yaml(cfg), model.state_dict()), exported)
     else:
         argv = ['solver=demo_compression', f'egs_root={data / "egs" / "all"}', f'dora.dir={folder / "dora"}',
@@ -44,10 +50,30 @@ def make_codec(cache: Path, data: Path, sizes: Sizes, args: argparse.Namespace, 
         xp = run_logged(argv, folder / 'train.log')
         with allow_omegaconf_in_torch_load():
             export_encodec(xp / 'checkpoint.th', exported)
-    info = {**params, 'train_s': time.monotonic() - start}
+        refit_exported_codec(exported, clips(data, 'train'))
+    usage = check_codec_health(build_compression_model(read_exported_file(exported), 'cpu'),
+                               clips(data, 'evaluate'), f"{exported} ({args.codec})")
+    info = {**params, 'train_s': time.monotonic() - start,
+            'codes_used': [u.used for u in usage], 'perplexity': [round(u.perplexity, 1) for u in usage]}
     info.pop('config')
     mark_done(folder, info)
     return exported, {**info, 'cached': False}
+
+
+def clips(data: Path, split: str) -> torch.Tensor:
+    """Every clip of both domains' `split` as [B, 1, T] (cut to the shortest)."""
+    lines = (data / 'egs' / 'all' / split / 'data.jsonl').read_text().splitlines()
+    wavs = [soundfile.read(json.loads(line)['path'], dtype='float32')[0] for line in lines if line.strip()]
+    length = min(len(w) for w in wavs)
+    return torch.from_numpy(np.stack([w[:length] for w in wavs]))[:, None]
+
+
+def refit_exported_codec(exported: Path, wav: torch.Tensor) -> None:
+    """Refit the exported EnCodec's codebooks by k-means on `wav` [B, 1, T] (`codec_health`), in place."""
+    pkg = read_exported_file(exported)
+    model = build_compression_model(pkg, 'cpu')
+    refit_codebooks(model, wav)
+    atomic_torch_save(exported_package(pkg['xp.cfg'], model.state_dict()), exported)
 
 
 def make_base(cache: Path, data: Path, codec: Path, sizes: Sizes, args: argparse.Namespace,

@@ -65,3 +65,9 @@ def check_on_continue(solver: tp.Any, name: str) -> None:
     """Load the state entry `name` too when continuing from another run's best state (`continue_from`),
     so that its checks run (`StandardSolver` lists only the best-state keys there)."""
     solver._continue_best_source_keys = [*solver._continue_best_source_keys, name]
+
+
+def euclidean_codebook(layer: tp.Any) -> tp.Any:
+    """The `EuclideanCodebook` of one `VectorQuantization` layer of an RVQ (its buffers `embed`,
+    `embed_avg`, `cluster_size` are what a k-means refit of the codebooks writes)."""
+    return layer._codebook

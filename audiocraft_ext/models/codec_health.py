@@ -1,0 +1,88 @@
+"""Whether a compression model's tokenizer is alive, and a k-means refit of its codebooks.
+
+A small EnCodec trained for minutes (the demo's) collapses: its encoder's output is a large
+constant per channel plus a small variation in time, the codebooks' moving averages follow the
+constant, and the code nearest the mean wins every frame (1 to 11 of 256 codes used). Its
+encoder does carry the music in that small variation: fitting each residual stage's codebook by
+k-means on the encoder's outputs over the training audio (what `kmeans_init` does on one batch
+at the start of training) makes every codebook use the codes again. `check_codec_health` runs
+wherever the demo builds or loads such a codec, so a collapsed tokenizer stops with the numbers.
+"""
+from dataclasses import dataclass
+import typing as tp
+
+from audiocraft.models.encodec import CompressionModel, EncodecModel
+from audiocraft.quantization.core_vq import kmeans
+import torch
+
+from .audiocraft_internals import euclidean_codebook
+
+MIN_CODES_USED = 128
+MIN_PERPLEXITY = 32.0
+
+
+class CodecCollapseError(RuntimeError):
+    """A compression model codes real audio with too few codes per codebook."""
+
+
+@dataclass
+class CodebookUsage:
+    """How one codebook codes a set of clips: distinct codes used, of `cardinality`, and the
+    perplexity of their distribution (exp of its entropy in nats)."""
+    used: int
+    cardinality: int
+    perplexity: float
+
+
+def code_usage(codes: torch.Tensor, cardinality: int) -> tp.List[CodebookUsage]:
+    """Per codebook usage of `codes` [B, K, T] (integers in [0, cardinality))."""
+    usage = []
+    for k in range(codes.shape[1]):
+        counts = torch.bincount(codes[:, k].reshape(-1), minlength=cardinality).double()
+        p = counts[counts > 0] / counts.sum()
+        usage.append(CodebookUsage(int((counts > 0).sum()), cardinality, float(torch.exp(-(p * p.log()).sum()))))
+    return usage
+
+
+@torch.no_grad()
+def codec_usage(model: CompressionModel, wav: torch.Tensor) -> tp.List[CodebookUsage]:
+    """Per codebook usage of `model` on `wav` [B, C, T] at its sample rate."""
+    codes, _ = model.eval().encode(wav)
+    return code_usage(codes, model.cardinality)
+
+
+def check_codec_health(model: CompressionModel, wav: torch.Tensor, what: str,
+                       min_used: int = MIN_CODES_USED, min_perplexity: float = MIN_PERPLEXITY
+                       ) -> tp.List[CodebookUsage]:
+    """`codec_usage`, raising `CodecCollapseError` when a codebook uses fewer than `min_used`
+    codes or has a perplexity under `min_perplexity` on `wav` [B, C, T] (held-out clips)."""
+    usage = codec_usage(model, wav)
+    bad = [k for k, u in enumerate(usage) if u.used < min(min_used, u.cardinality) or u.perplexity < min_perplexity]
+    if bad:
+        numbers = ', '.join(f"{u.used}/{u.cardinality} codes, perplexity {u.perplexity:.1f}" for u in usage)
+        raise CodecCollapseError(
+            f"The compression model {what} has collapsed: per codebook {numbers} on {wav.shape[0]} held-out "
+            f"clips (needed: at least {min_used} codes and a perplexity of {min_perplexity:g} in every "
+            "codebook). Its tokens cannot carry the music: train it longer, or refit its codebooks "
+            "(audiocraft_ext.models.codec_health.refit_codebooks), then check again.")
+    return usage
+
+
+@torch.no_grad()
+def refit_codebooks(model: EncodecModel, wav: torch.Tensor, iters: int = 30) -> None:
+    """Fit each residual stage's codebook by k-means on the encoder's outputs for `wav` [B, C, T]
+    (training audio), in place: stage k is fitted on what stages 1..k-1 leave. The encoder and
+    decoder are unchanged; the moving averages restart from the fitted codebooks."""
+    model.eval()
+    x, _ = model.preprocess(wav)
+    z = model.encoder(x)                                   # [B, D, T']
+    residual = z.transpose(1, 2).reshape(-1, z.shape[1])   # [B * T', D]
+    for layer in model.quantizer.vq.layers:
+        codebook = euclidean_codebook(layer)
+        projected = layer.project_in(residual)
+        embed, cluster_size = kmeans(projected, codebook.codebook_size, iters)
+        codebook.embed.data.copy_(embed)
+        codebook.embed_avg.data.copy_(embed)
+        codebook.cluster_size.data.copy_(cluster_size)
+        codebook.inited.data.fill_(1)
+        residual = residual - layer.project_out(codebook.dequantize(codebook.quantize(projected)))
