@@ -16,7 +16,9 @@ audio and sidecars under ``OUT/audio/<domain>/<split>/``, manifests under
   MIDI standard says, and its key is left out).
 
 Splits are by piece: the pieces (sorted by id) are dealt to the splits in proportion to their
-clips (each split with clips gets at least one piece), so no piece is heard in two splits. Clip
+clips (each split with clips gets at least one piece), so no piece is heard in two splits. The
+deal depends on the domain and the split sizes, not on the seed: every seed holds out the same
+pieces, so a base pretrained on the shipped ``train`` pieces never saw a demo's held-out ones. Clip
 `index` of `split` plays piece ``order[index % len(pieces)]`` of its split, `order` a permutation
 keyed on (seed, domain, split), from an offset drawn by a generator keyed on (seed, domain,
 split, index) (10 ms steps, redrawn until a note starts in the excerpt). With the same FluidSynth
@@ -148,8 +150,8 @@ def write_score_dataset(out_dir: tp.Union[str, Path], domain: str, num_clips: tp
         num_clips: clips over all splits (None when every split size is a count).
         duration: seconds per clip; only pieces at least that long are used.
         sample_rate: in Hz.
-        seed: pieces per split, which piece and where each clip starts: a function of
-            (seed, domain, split, clip index).
+        seed: which piece and where each clip starts: a function of (seed, domain, split, clip
+            index); the pieces of each split do not depend on it.
         splits: (name, size) pairs or a mapping; see `splits.split_sizes`.
         midi_dir: a folder of the user's MIDI files instead of the shipped score set.
         soundfont: a .sf2 file (default: `midi_render.find_soundfont`).
@@ -184,7 +186,7 @@ def write_score_dataset(out_dir: tp.Union[str, Path], domain: str, num_clips: tp
     if not usable:
         raise ValueError(f"None of the {len(sources)} piece(s) lasts {duration:g} s; use shorter clips.")
     dealt = deal(usable, _piece_counts(len(usable), sizes),
-                 seed=int(keyed_rng(seed, domain, 'deal').integers(2 ** 62)))
+                 seed=int(keyed_rng(0, domain, 'deal').integers(2 ** 62)))
     orders = {split: keyed_rng(seed, domain, split, 'order').permutation(len(pieces))
               for split, pieces in dealt.items() if pieces}
 
