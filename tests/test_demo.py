@@ -5,10 +5,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
+import torch
 
+from audio_checks import assert_audible, assert_codec_healthy
 from audiocraft_ext import cli
+from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
 
 pytestmark = pytest.mark.slow  # the whole demo, end to end (about a minute)
 
@@ -33,7 +37,7 @@ def _finite_numbers(tree):
         yield tree
 
 
-def test_audio_files_decode(demo):
+def test_audio_files_decode_and_are_not_silence(demo):
     out, summary = demo
     clips = summary['clips']
     assert {(c['variant'], c['domain']) for c in clips} == {
@@ -41,8 +45,21 @@ def test_audio_files_decode(demo):
     for clip in clips:
         wav, sample_rate = soundfile.read(clip['path'])
         assert Path(clip['path']).is_relative_to(out / 'audio')
-        assert sample_rate == 16000 and len(wav) > 0
-        assert all(math.isfinite(x) for x in wav.reshape(-1)[:1000])
+        assert sample_rate == 16000 and len(wav) == pytest.approx(summary['clip_duration'] * 16000, abs=320)
+        assert_audible(wav, clip['path'])
+
+
+def test_the_tokenizer_codes_the_held_out_music(demo):
+    """The codec inside the exported model, measured here on both domains' held-out clips, and as the summary says."""
+    out, summary = demo
+    model = ExtendedMusicGen.get_pretrained(str(out / 'model.safetensors'))
+    wavs = []
+    for domain in ('old', 'new'):
+        for line in (Path(summary['data']) / 'egs' / domain / 'evaluate' / 'data.jsonl').read_text().splitlines():
+            wavs.append(soundfile.read(json.loads(line)['path'], dtype='float32')[0])
+    wav = torch.from_numpy(np.stack([w[:min(map(len, wavs))] for w in wavs]))[:, None]
+    usage = assert_codec_healthy(model.compression_model, wav, 'the demo codec')
+    assert [u.used for u in usage] == summary['codec']['codes_used']
 
 
 def test_metrics_have_expected_finite_fields(demo):
@@ -58,10 +75,13 @@ def test_metrics_have_expected_finite_fields(demo):
     assert 0 < summary['trainable_fraction'] < 1
 
 
-def test_extended_beats_base_on_new_domain(demo):
+def test_extended_gains_on_the_new_domain_and_keeps_the_old(demo):
     _, summary = demo
     ce = summary['cross_entropy']
-    assert ce['new']['extended'] < ce['new']['base']
+    # 20 updates of one new layer on a 2-layer base: measured gain 0.016 nats/token, forgetting -0.005
+    # (seed 0); without training (zero learning rate) both are 0.
+    assert ce['new']['extended'] < ce['new']['base'] - 0.005
+    assert abs(ce['old']['extended'] - ce['old']['base']) <= 0.02
     # Both numbers of the summary: gain on the new domain, forgetting on the old one.
     assert summary['gain_new'] == pytest.approx(ce['new']['base'] - ce['new']['extended'])
     assert summary['forgetting_old'] == pytest.approx(ce['old']['extended'] - ce['old']['base'])

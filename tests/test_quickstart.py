@@ -18,6 +18,7 @@ import typing as tp
 import pytest
 import torch
 
+from audio_checks import assert_audible
 from audiocraft_ext.data.synth_dataset import write_tone_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_exported_model_generates_the_documented_file(quickstart, user_folder):
     wav, sample_rate = torchaudio.load(str(user_folder / 'generated_audio.wav'))
     assert sample_rate == 16000 and wav.shape[0] == 1
     assert abs(wav.shape[-1] / sample_rate - 2.0) < 0.05
-    assert torch.isfinite(wav).all() and wav.abs().max() > 0
+    assert_audible(wav, 'generated_audio.wav')
 
 
 def test_evaluation_reports_base_and_extended(quickstart, user_folder):
@@ -113,7 +114,7 @@ def test_evaluation_reports_base_and_extended(quickstart, user_folder):
     # 8 updates on the user's tones: the extended model predicts their held-out tones better than the
     # base, and the more so the more of the new layers' branches it uses (measured: cross entropy
     # 5.95800 at extension_scale 0, 5.95783, 5.95760, 5.95741, 5.95732 at 1).
-    assert new['extended']['ce'] < new['base']['ce']
+    assert new['extended']['ce'] < new['base']['ce'] - 3e-4
     by_scale = sorted(zip(report['scale_sweep']['scales'], report['scale_sweep']['new']))
     assert by_scale[0][0] == 0 and by_scale[-1][0] == 1 and len(by_scale) >= 3
     assert all(lower > higher for (_, lower), (_, higher) in zip(by_scale, by_scale[1:])), by_scale

@@ -46,5 +46,5 @@ def generate_clips(model_file: Path, data: Path, out: Path, sizes: Sizes, seed: 
                     f"{variant} (extension_scale={scale:g})")
     return {'clips': written, 'trainable': trainable, 'total': total, 'sample_rate': model.sample_rate,
             'duration': duration, 'generation_params': dict(model.generation_params),
-            'num_base_layers': model.lm.num_base_layers,
+            'num_base_layers': model.lm.num_base_layers, 'cardinality': model.compression_model.cardinality,
             'num_additional_layers': model.lm.num_additional_layers}

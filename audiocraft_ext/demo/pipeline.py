@@ -84,6 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
     steps.end(str(data))
 
     base_info: dict = {}
+    codec_info: dict = {}
     if args.base:
         steps.begin(STEPS[1], f"skipped: the base {args.base} brings its own")
         steps.end()
@@ -137,6 +138,9 @@ def run_demo(args: argparse.Namespace) -> int:
         'out': str(out), 'quick': bool(args.quick), 'seed': args.seed, 'sizes': asdict(sizes),
         'base': {'reference': base_ref, 'embedded': not args.base, 'cached': base_info.get('cached'),
                  'train_s': base_info.get('train_s')},
+        # the embedded codec's tokens on both domains' held-out clips (codec_health)
+        'codec': ({'kind': codec_info['kind'], 'codes_used': codec_info['codes_used'],
+                   'perplexity': codec_info['perplexity']} if not args.base else None),
         'xp': str(xp), 'model': str(model_file),
         'trainable_params': generation['trainable'], 'total_params': generation['total'],
         'trainable_fraction': generation['trainable'] / generation['total'],

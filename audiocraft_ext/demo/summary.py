@@ -36,6 +36,10 @@ def print_summary(summary: dict, generation: dict, steps: Steps) -> None:
         '=' * width,
         f"Frozen base + {generation['num_additional_layers']} new layer(s), trained on the new domain",
         f"  base          {base_line}",
+        *([f"  tokenizer     {summary['codec']['kind']} tiny EnCodec: codes used per codebook "
+           f"{'/'.join(map(str, summary['codec']['codes_used']))} of {generation['cardinality']} "
+           f"(perplexity {'/'.join(f'{p:.0f}' for p in summary['codec']['perplexity'])}) on held-out clips"]
+          if summary['codec'] else []),
         f"  trainable     {summary['trainable_params']:,} of {summary['total_params']:,} parameters "
         f"({100 * summary['trainable_fraction']:.1f}%)",
         f"  training      {format_seconds(summary['training_s'])} "
