@@ -122,7 +122,8 @@ def xp_for_checkpoint(path: str, overrides: tp.Sequence[str], dora_main: train.E
     trained = pkg.get('xp.cfg')
     if trained:
         trained = omegaconf.OmegaConf.create(trained)
-        for key in ('dora', 'continue_from', 'execute_only', 'execute_inplace'):
+        # `device`: this machine's (`device: auto` or the override), not the one the run trained on.
+        for key in ('dora', 'continue_from', 'execute_only', 'execute_inplace', 'device'):
             trained.pop(key, None)
         # The base as the run resolved it (`//sig/...` depends on dora.dir; the path does not).
         trained.pretrained_model_checkpoint = pkg['base_model']['reference']

@@ -192,6 +192,8 @@ def main(cfg: omegaconf.DictConfig):
     init_seed_and_system(cfg)
     log_name = '%s.log.{rank}' % cfg.execute_only if cfg.execute_only else 'solver.log.{rank}'
     flashy.setup_logging(level=str(cfg.logging.level).upper(), log_name=log_name)
+    from .solvers.device import resolve_device
+    logger.info(resolve_device(cfg))  # `device: auto`: before the distributed backend and the solver
     # Dora (dora run -d, SLURM) or torchrun-style env vars give the ranks; gloo when on CPU.
     flashy.distrib.init(backend='nccl' if str(cfg.device).startswith('cuda') else 'gloo')
     solver = get_solver(cfg)

@@ -17,6 +17,7 @@ evaluate stages, flashy logging); what changes:
   cross entropy and a KL divergence to the base's logits, taken from the same forward, through
   the `_compute_cross_entropy` hook; the logged `ce` stays the new domain's.
 """
+import logging
 from pathlib import Path
 import random
 import typing as tp
@@ -44,6 +45,7 @@ from ..models.extended_musicgen import load_base
 from ..models.feature_cache import BaseFeatureCache
 from ..models.layers import check_extension_scale, check_num_additional_layers
 from . import replay_config, xp_checkpoints
+from .device import needs_resolution, resolve_device
 from .config_checks import check_generate_durations
 from .nonfinite import NonFiniteStepError, all_ranks_agree_finite, gradients_finite, loss_finite, nonfinite_message
 from .replay import ForgettingControl, Predict, replay_predict
@@ -118,6 +120,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self._replay_predict: tp.Optional[Predict] = None
         self._forgetting_metrics: tp.Dict[str, torch.Tensor] = {}
         self._epoch_seed = int(cfg.seed)
+        if needs_resolution(cfg):  # `device: auto` before MusicGenSolver reads cfg.device
+            logging.getLogger(__name__).info(resolve_device(cfg))
         replay_config.check_config(cfg)
         if cfg.cache.path and not cfg.cache.write:
             raise NotImplementedError(

@@ -82,9 +82,11 @@ def register_with_audiocraft() -> None:
     original = builders.get_solver
 
     def get_solver(cfg):
-        from audiocraft_ext.solvers import SOLVERS
+        from audiocraft_ext.solvers import SOLVERS, logger, needs_resolution, resolve_device
         if cfg.solver in SOLVERS:
             return SOLVERS[cfg.solver](cfg)
+        if needs_resolution(cfg):  # our root config's `device: auto`, for AudioCraft's own solvers too
+            logger.info(resolve_device(cfg))
         return original(cfg)
 
     get_solver._audiocraft_ext = True  # type: ignore[attr-defined]
