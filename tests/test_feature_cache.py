@@ -123,6 +123,30 @@ def test_max_size_stops_adding_entries_but_not_training(model, tmp_path, model_l
     assert entries(cache) == [] and not cache.writing
 
 
+def test_a_tiny_bound_is_never_passed_and_logged_once(model, tmp_path, model_logits, caplog):
+    """Three batches of two new examples into a bound of two and a half entries: two are written,
+    the folder stays under the bound, one log line says so, and every step still gets the base's output."""
+    from audiocraft_ext.models.feature_cache import folder_bytes
+    unbounded = model.lm.use_feature_cache(tmp_path / 'unbounded')
+    model_logits(model)
+    entry = max(path.stat().st_size for path in entries(unbounded))
+    bound = int(2.5 * entry)
+    cache = model.lm.use_feature_cache(tmp_path / 'bounded', max_bytes=bound)
+    with caplog.at_level('WARNING', logger='audiocraft_ext.models.feature_cache'):
+        for seed in range(3):
+            model.lm.use_feature_cache(None)
+            reference = model_logits(model, seed=seed)
+            model.lm.transformer.feature_cache = cache
+            assert torch.equal(model_logits(model, seed=seed), reference)
+    assert len(entries(cache)) == 2 and folder_bytes(cache.folder) <= bound
+    assert not list(cache.folder.rglob('.*'))  # no temporary left behind
+    reached = [record for record in caplog.records if 'reached its bound' in record.getMessage()]
+    assert len(reached) == 1 and not cache.writing
+    cache.take_counts()
+    model_logits(model, seed=0)  # the stored entries are still read
+    assert cache.take_counts() == (2, 0)
+
+
 def test_generation_runs_the_base_and_stores_nothing(model, tmp_path):
     model.set_generation_params(duration=0.2, use_sampling=False)
     expected = model.generate(['tiny prompt'])

@@ -1,6 +1,7 @@
 """Forgetting control (issue 13): the base's own generations as a replay set, replay batches in the
 configured ratio, KL to the base's logits, in a plain loop and through the solver's config keys."""
 import json
+from pathlib import Path
 import typing as tp
 
 import flashy
@@ -233,6 +234,56 @@ def test_replay_features_from_the_cache_train_the_same(tmp_path):
         torch.testing.assert_close(trained[1][key], value, rtol=1e-3, atol=1e-5)  # batch-size rounding
 
 
+def _replay_cache_solver(tmp_path, source, **replay):
+    """What `replay_config.replay_feature_cache` reads of a solver: its config (the shipped replay keys,
+    `replay` overriding them), model, logger and forgetting control."""
+    import logging
+    import types
+    import omegaconf
+    shipped = omegaconf.OmegaConf.load(Path(replay_config.__file__).parent.parent / 'configs' / 'solver'
+                                       / 'extended_musicgen.yaml')
+    cfg = omegaconf.OmegaConf.create({'replay': {**shipped.replay, 'cache_dir': str(tmp_path), **replay},
+                                      'feature_cache': shipped.feature_cache})
+    lm = ExtendedLMModel(build_tiny_musicgen('text').lm, 1).train()
+    control = ForgettingControl(source(lm), 1.0, 0.0, 1.0)
+    return types.SimpleNamespace(cfg=cfg, model=lm, logger=logging.getLogger('replay_cache_test'),
+                                 forgetting=control)
+
+
+def _generated(lm):
+    return GeneratedReplay(_generate(lm, 0, num_samples=3), lm, 16000, seed=0)
+
+
+def test_generated_replay_keeps_a_bounded_feature_cache_with_hits(tmp_path, caplog):
+    solver = _replay_cache_solver(tmp_path, _generated)
+    assert solver.cfg.replay.feature_cache and solver.cfg.replay.feature_cache_max_gb == 4  # the defaults
+    with caplog.at_level('INFO', logger='replay_cache_test'):
+        cache = replay_config.replay_feature_cache(solver)
+    assert cache is not None and cache.max_bytes == 4 * 2 ** 30
+    assert cache.folder.parent == tmp_path / 'features' and 'at most 4 GB' in caplog.text
+    from audiocraft.solvers.musicgen import MusicGenSolver
+    torch.manual_seed(0)
+    for module in solver.model.modules():  # the condition dropouts' own generators
+        if isinstance(getattr(module, 'rng', None), torch.Generator):
+            module.rng.manual_seed(0)
+    predict = replay_predict(solver.model, cache)
+    ce_fn = lambda *a: MusicGenSolver._compute_cross_entropy(None, *a)  # noqa: E731
+    for _ in range(4):  # 3 generations, drawn 2 at a time: some come back
+        solver.forgetting.loss(predict, ce_fn, 2, 'cpu')
+    assert cache.hits > 0 and cache.misses > 0
+    assert 0 < len(list(cache.folder.rglob('*.pt'))) == cache.misses
+
+
+def test_manifest_replay_writes_no_feature_cache(tmp_path, caplog):
+    from audiocraft_ext.solvers.replay import ManifestReplay
+    solver = _replay_cache_solver(tmp_path, lambda lm: ManifestReplay([], lambda batch: batch))
+    with caplog.at_level('INFO', logger='replay_cache_test'):
+        assert replay_config.replay_feature_cache(solver) is None
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1 and 'replay.manifest' in said[0] and 'never repeat' in said[0]
+    assert not (tmp_path / 'features').exists()
+
+
 # ---- through the solver, with the default config keys -----------------------------------------
 
 def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, dora_dir, tmp_path, run_xp):
@@ -254,6 +305,7 @@ def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, 
     train = solver.history[-1]['train']
     assert {'replay_ce', 'distill_kl', 'loss', 'ce', 'replay_cache_hits'} <= set(train)
     assert cfg.replay.feature_cache and list((cache / 'features').rglob('*.pt'))
+    assert solver._replay_cache.max_bytes == int(cfg.replay.feature_cache_max_gb * 2 ** 30)
     expected = train['ce'] + cfg.replay.ce_weight * train['replay_ce'] + cfg.distill.weight * train['distill_kl']
     assert train['loss'] == pytest.approx(expected, rel=1e-4)
     # No reference_dset: forgetting is measured on the held-out generations, and the report says so.
@@ -287,14 +339,18 @@ def test_solver_forgets_less_with_the_forgetting_control(exported_bases, egs, do
     assert min(gain_off, gain_on) > 1.0, results
 
 
-def test_solver_replays_an_old_domain_manifest(exported_bases, egs, dora_dir, run_xp):
+def test_solver_replays_an_old_domain_manifest(exported_bases, egs, dora_dir, tmp_path, run_xp):
     xp, solver = run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
-                         f'egs_root={egs}', f'replay.manifest={egs}', 'replay.ratio=1.0', 'replay.ce_weight=1.0',
+                         f'egs_root={egs}', f'replay.manifest={egs}', f'replay.cache_dir={tmp_path / "replay"}',
+                         'replay.ratio=1.0', 'replay.ce_weight=1.0',
                          f'evaluate.reference_dset={egs}', 'evaluate.samples=false', 'evaluate.audio_metrics=false',
                          'generate.every=100'])
     from audiocraft_ext.solvers.replay import ManifestReplay
     assert isinstance(solver.forgetting.source, ManifestReplay)
     assert solver.history[-1]['train']['replay_ce'] > 0
+    # Random segments never repeat: no feature cache, not one file written for it.
+    assert solver._replay_cache is None and not list((tmp_path / 'replay').rglob('*.pt'))
+    assert 'replay_cache_hits' not in solver.history[-1]['train']
     report = json.loads((xp.folder / 'evaluation' / 'metrics.json').read_text())
     assert report['sets']['reference']['source'] == 'manifest'
 

@@ -16,6 +16,7 @@ Layout: `<root>/<base hash>/<key[:2]>/<key>.pt`, each `{'hidden': h}` in the dty
 produced (float32 under autocast too): 4 * D bytes per token.
 """
 import hashlib
+import io
 import logging
 from pathlib import Path
 import typing as tp
@@ -46,8 +47,9 @@ class BaseFeatureCache:
     Args:
         root (str or Path): cache folder; entries of each base go to `root/<base hash>/`.
         base (StreamingTransformer): the frozen base transformer (its weights are hashed once).
-        max_bytes (int, optional): stop adding entries once the base's folder holds this many
-            bytes (hits are still read); None: no limit.
+        max_bytes (int, optional): the base's folder never holds more than this many bytes of
+            entries: an entry that would pass it is not written, and no later one either (logged
+            once; existing entries are still read, none is evicted). None: no limit.
     """
     def __init__(self, root: tp.Union[str, Path], base: StreamingTransformer,
                  max_bytes: tp.Optional[int] = None):
@@ -97,24 +99,28 @@ class BaseFeatureCache:
         """Store h [S, D] atomically (temporary file, then rename); no fsync: a lost entry is a miss."""
         if not self.writing:
             return
-        if self.max_bytes is not None and self.size_bytes >= self.max_bytes:
-            logger.warning("Feature cache %s reached max size (%d bytes): no new entries are added.",
-                           self.folder, self.max_bytes)
+        buffer = io.BytesIO()
+        # clone: a row of the batch would otherwise save the whole batch's storage; serialized first,
+        # so an entry that would pass the bound is never written.
+        torch.save({'hidden': hidden.detach().cpu().clone()}, buffer)
+        data = buffer.getbuffer()
+        if self.max_bytes is not None and self.size_bytes + len(data) > self.max_bytes:
+            logger.warning("Feature cache %s reached its bound (%.3g GB, %d bytes held): no new entries are "
+                           "added; existing ones are still read.", self.folder, self.max_bytes / 2 ** 30,
+                           self.size_bytes)
             self.writing = False
             return
         path = self.path(key)
+        previous = path.stat().st_size if self.max_bytes is not None and path.exists() else 0
         try:
-            # clone: a row of the batch would otherwise save the whole batch's storage; a file
-            # object: short record names inside the archive; no fsync: a lost entry is a miss.
-            atomic_write(path, lambda file: torch.save({'hidden': hidden.detach().cpu().clone()}, file), fsync=False)
+            atomic_write(path, lambda file: file.write(data), fsync=False)
         except OSError as error:  # e.g. disk full: training goes on, without adding entries
             logger.warning("Cannot write to the feature cache %s (%s): no new entries are added.",
                            self.folder, error)
             self.writing = False
             return
-        size = path.stat().st_size
-        self.size_bytes += size
-        self.bytes_written += size
+        self.size_bytes += len(data) - previous  # a damaged entry rewritten replaces its bytes
+        self.bytes_written += len(data)
 
     # ---- the base's forward, through the cache ------------------------------------------------
     def base_output(self, base: StreamingTransformer, x: torch.Tensor,

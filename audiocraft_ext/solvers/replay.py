@@ -16,10 +16,11 @@ costs the output heads only. The step's loss is
     ce(new) + replay.ce_weight * ce(replay) + distill.weight * kl(replay)
 
 and its cost grows with the number of replay examples (about `1 + replay.ratio` times a plain step).
-Replay examples come back again and again (a few dozen generations, or a fixed old-domain set
-at fixed segments), so the frozen base's output on them can be read from a feature cache
-(`replay_predict` with a `BaseFeatureCache`, `replay.feature_cache=true`): exact, and a replay
-example then costs the new layers and the heads only.
+The base's generations come back again and again (a few dozen of them), so the frozen base's
+output on them is read from a feature cache (`replay_predict` with a `BaseFeatureCache`,
+`replay.feature_cache=true`, bounded by `replay.feature_cache_max_gb`): exact, and a replay
+example then costs the new layers and the heads only. Old-domain examples (random segments, random
+caption augmentations) never repeat: `replay_config.replay_feature_cache` leaves them uncached.
 """
 import typing as tp
 

@@ -113,16 +113,24 @@ def resolve_replay_manifest(value: str) -> str:
 
 
 def replay_feature_cache(solver) -> tp.Optional[BaseFeatureCache]:
-    """The cache of the base's output on replay examples (`replay.feature_cache`), or None when off
-    or when `feature_cache.path` already caches every batch."""
+    """The cache of the base's output on replay examples (`replay.feature_cache`, bounded by
+    `replay.feature_cache_max_gb`), or None when off, when `feature_cache.path` already caches every
+    batch, or when the replay examples cannot repeat (`replay.manifest`: AudioCraft's loader draws a
+    random segment and random caption augmentations for every example, so no entry would be read
+    again). The base's own generations are a fixed set: they keep it."""
     cfg = solver.cfg
     if not cfg.replay.get('feature_cache') or float(cfg.replay.ratio) == 0 or solver.model.transformer.feature_cache:
         return None
-    root = replay_cache_dir(cfg)
-    max_gb = (cfg.get('feature_cache') or {}).get('max_gb')
-    cache = BaseFeatureCache(root / 'features', solver.model.base_transformer,
+    control = getattr(solver, 'forgetting', None)
+    if control is not None and isinstance(control.source, ManifestReplay):
+        solver.logger.info("Replay feature cache off: replay.manifest examples are random segments of the "
+                           "old-domain files that never repeat, so cached entries would never be read.")
+        return None
+    max_gb = cfg.replay.get('feature_cache_max_gb')
+    cache = BaseFeatureCache(replay_cache_dir(cfg) / 'features', solver.model.base_transformer,
                              None if max_gb is None else int(float(max_gb) * 2 ** 30))
-    solver.logger.info("Replay examples: the frozen base's outputs cached in %s", cache.folder)
+    bound = 'unbounded' if max_gb is None else f'at most {float(max_gb):g} GB'
+    solver.logger.info("Replay examples: the frozen base's outputs cached in %s (%s)", cache.folder, bound)
     return cache
 
 
