@@ -87,7 +87,11 @@ def test_extension_adapts_to_the_new_domain(evaluated):
     xp, report = evaluated
     new = report['sets']['new']
     print('\n' + format_table(report))
-    assert new['extended']['ce'] < new['base']['ce'] - 0.02
+    # 32 updates on the new tones: measured gain 0.258 nats/token; the old domain's tones, which the
+    # 16-update base knows little better, improve too (forgetting -0.163). Zero learning rate: 0 and 0.
+    assert new['extended']['ce'] < new['base']['ce'] - 0.10
+    reference = report['sets']['reference']
+    assert reference['extended']['ce'] - reference['base']['ce'] < 0.05
     assert report['sig'] == xp.sig and report['epoch'] == 2
     # Both sets, both models, per codebook; perplexities are exp(ce).
     for set_name in ('new', 'reference'):
