@@ -49,6 +49,10 @@ def test_trains_only_the_new_layers(exported_bases, trained):
     # model + best state + EMA + 2 AdamW moments of the extension, small metadata; no base copy.
     assert checkpoint.stat().st_size < 5 * extension_bytes + 64_000 < 5 * extension_bytes + base_bytes
     assert len(state['history']) == 2
+    # and learnt: 4 updates took the validation cross entropy from 5.603 to 5.471 nats/token
+    # (measured); with the new layers' learning rate at 0 it would not move.
+    valid = [epoch['valid']['ce'] for epoch in state['history']]
+    assert valid[1] < valid[0] - 0.05, valid
     # A loss-curve PNG per run, redrawn after every epoch.
     from matplotlib.image import imread
     curves = imread(xp.folder / 'loss_curves.png')
