@@ -72,6 +72,8 @@ def test_prepare_data_then_train_with_config_flag_then_export(workdir, exported_
     state = torch.load(checkpoints[0])
     assert state['base_model']['reference'] == str(exported_bases['text'])
     assert len(state['history']) == 2
+    valid = [epoch['valid']['ce'] for epoch in state['history']]
+    assert valid[1] < valid[0] - 0.1, valid  # measured 5.531 -> 5.258 nats/token
 
     # Export: stock AudioCraft loads the merged L + N layer model.
     from audiocraft.models import MusicGen
