@@ -1,10 +1,6 @@
-"""What a test looks at in audio the code under test made: not silence, how much of a clip is flat
-noise; and a compression model's tokens on real clips.
-
-Spectral flatness (geometric over arithmetic mean of the power spectrum, per 64 ms frame at 16
-kHz, then the median over frames) is near 0.56 for white noise and near 0 for a few sustained notes; real
-music rendered by the score set measures 0.001-0.05. Test modules import this file as they
-import `browser` (tests/ is on sys.path under pytest).
+"""What a test asserts of audio the code under test made (not silence) and of a compression
+model's tokens on real clips. Test modules import this file as they import `browser` (tests/ is
+on sys.path under pytest); measurements of clips are in `synth_statistics`.
 """
 import typing as tp
 
@@ -23,19 +19,6 @@ def as_array(wav: tp.Union[torch.Tensor, np.ndarray]) -> np.ndarray:
     if wav.ndim == 2:
         wav = wav.mean(axis=0 if wav.shape[0] < wav.shape[1] else 1)
     return wav.reshape(-1)
-
-
-def power_spectrogram(wav: np.ndarray, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
-    """|STFT|^2 of a mono clip [T] with a Hann window: [frames, n_fft // 2 + 1]."""
-    frames = np.lib.stride_tricks.sliding_window_view(wav, n_fft)[::hop]
-    return np.abs(np.fft.rfft(frames * np.hanning(n_fft), axis=-1)) ** 2
-
-
-def spectral_flatness(wav: tp.Union[torch.Tensor, np.ndarray]) -> float:
-    """Median over frames of the spectral flatness of a clip (see module doc)."""
-    power = power_spectrogram(as_array(wav)) + 1e-12
-    flatness = np.exp(np.log(power).mean(axis=-1)) / power.mean(axis=-1)
-    return float(np.median(flatness))
 
 
 def assert_audible(wav: tp.Union[torch.Tensor, np.ndarray], what: str) -> None:

@@ -1,7 +1,8 @@
-"""What the synthetic clips sound like, measured: onset rate and spectral centroid, and sanity.
+"""What clips sound like, measured: onset rate, spectral centroid and flatness, and sanity.
 
 Used by tests/test_synth.py to check that the two domains differ as the table in
-audiocraft_ext/data/synth_domains.py says (every new clip brighter and busier than every old clip).
+audiocraft_ext/data/synth_domains.py says (every new clip brighter and busier than every old clip),
+and by the tests of the rendered score set and of generated audio (`audio_checks`).
 """
 import math
 import typing as tp
@@ -14,6 +15,14 @@ def _frames(wav: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     wav = np.pad(wav, (0, max(0, n_fft - len(wav))))
     count = 1 + (len(wav) - n_fft) // hop
     return wav[np.arange(n_fft)[None, :] + hop * np.arange(count)[:, None]]
+
+
+def spectral_flatness(wav: np.ndarray, n_fft: int = 1024, hop: int = 256) -> float:
+    """Median over frames (64 ms at 16 kHz) of the geometric over the arithmetic mean of the power
+    spectrum of `wav` ([T] mono): near 0.56 for white noise, near 0 for a few sustained notes."""
+    power = np.abs(np.fft.rfft(_frames(np.asarray(wav, dtype=np.float64).reshape(-1), n_fft, hop)
+                               * np.hanning(n_fft), axis=1)) ** 2 + 1e-12
+    return float(np.median(np.exp(np.log(power).mean(axis=1)) / power.mean(axis=1)))
 
 
 def onset_rate(wav: np.ndarray, sample_rate: int, threshold_db: float = 3.0) -> float:

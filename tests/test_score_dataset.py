@@ -23,8 +23,7 @@ import soundfile
 from audiocraft_ext import cli
 from audiocraft_ext.data import midi_render, score_dataset, score_domains
 from audiocraft_ext.data.midi_file import MidiFileError, Note, Part, midi_bytes, read_midi
-from audio_checks import spectral_flatness
-from synth_statistics import clip_statistics
+from synth_statistics import clip_statistics, spectral_flatness
 
 SR = 16000
 REPO = Path(__file__).resolve().parents[1]
