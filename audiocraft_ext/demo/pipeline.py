@@ -139,8 +139,7 @@ def run_demo(args: argparse.Namespace) -> int:
         'base': {'reference': base_ref, 'embedded': not args.base, 'cached': base_info.get('cached'),
                  'train_s': base_info.get('train_s')},
         # the embedded codec's tokens on both domains' held-out clips (codec_health)
-        'codec': ({'kind': codec_info['kind'], 'codes_used': codec_info['codes_used'],
-                   'perplexity': codec_info['perplexity']} if not args.base else None),
+        'codec': ({key: codec_info[key] for key in ('kind', 'codes_used', 'perplexity')} if codec_info else None),
         'xp': str(xp), 'model': str(model_file),
         'trainable_params': generation['trainable'], 'total_params': generation['total'],
         'trainable_fraction': generation['trainable'] / generation['total'],
