@@ -6,7 +6,8 @@ Subcommands:
     make-score-data  write the demo's dataset of real music (scores rendered with FluidSynth), or
                      render a folder of your own MIDI files the same way.
     prepare-data     write AudioCraft dataset manifests and sidecar metadata for training.
-    export           turn a training run (dora sig or checkpoint) into an extension or AudioCraft's layout.
+    export           turn a training run (dora sig or checkpoint) into an extension, AudioCraft's layout or
+                     a transformers MusicgenForConditionalGeneration.
     convert          rewrite an extension saved by an older version in the current format.
     info             print what an extension holds, without loading its weights.
     generate         music from captions with a saved model, one WAV (and its settings) per caption.
@@ -112,7 +113,8 @@ def _make_score_data(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """A training run -> an extension or AudioCraft's layout; an AudioCraft MusicGen checkpoint -> AudioCraft's layout."""
+    """A training run -> an extension, AudioCraft's layout or transformers' MusicGen; an AudioCraft MusicGen
+    checkpoint -> AudioCraft's layout."""
     from audiocraft_ext.dora_folder import default_dora_dir
     from audiocraft_ext.io.base_reference import SIG_PREFIX, resolve_base
     from audiocraft_ext.io.destinations import check_destination
@@ -141,6 +143,16 @@ def _export(args: argparse.Namespace) -> int:
         if args.format == 'audiocraft':
             out = model.export_audiocraft(args.out, overwrite=args.overwrite)
             print(f"Wrote AudioCraft's layout to {out} (load with MusicGen.get_pretrained('{out}'))")
+        elif args.format == 'transformers':
+            from audiocraft_ext.io.solver_checkpoints import read_solver_checkpoint
+            from audiocraft_ext.models.transformers_export import export_transformers
+            train = (read_solver_checkpoint(location).get('xp.cfg') or {}).get('datasource', {}).get('train')
+            data = args.training_data or (f"the manifests in {train} (datasource.train of the run "
+                                          f"{location.parent.name})" if train else None)
+            out = export_transformers(model, args.out, overwrite=args.overwrite, training_data=data,
+                                      protected={location.parent: 'the training run it exports'})
+            print(f"Wrote transformers' MusicgenForConditionalGeneration to {out} (load with "
+                  f"pipeline('text-to-audio', model='{out}') or MusicgenForConditionalGeneration.from_pretrained)")
         else:
             out = model.save(args.out, include_base=not args.extension_only, overwrite=args.overwrite)
             kind = 'extension-only' if args.extension_only else 'self-contained'
@@ -257,10 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
                     'checkpoint.th) with its base.')
     export.add_argument('source', help='dora signature, //sig/SIG, xp folder or checkpoint.th')
     export.add_argument('out', help='NAME.safetensors (one file) or a directory (an extension directory, or with '
-                                    '--format audiocraft, AudioCraft\'s layout)')
-    export.add_argument('--format', choices=['extended', 'audiocraft'], default='extended',
+                                    '--format audiocraft / transformers, that layout)')
+    export.add_argument('--format', choices=['extended', 'audiocraft', 'transformers'], default='extended',
                         help='extended: a file for ExtendedMusicGen.get_pretrained (default); audiocraft: '
-                             'state_dict.bin + compression_state_dict.bin for stock MusicGen.get_pretrained')
+                             'state_dict.bin + compression_state_dict.bin for stock MusicGen.get_pretrained; '
+                             'transformers: a directory for MusicgenForConditionalGeneration.from_pretrained')
+    export.add_argument('--training-data', metavar='TEXT',
+                        help="what the new layers were trained on, for the model card of --format transformers "
+                             "(default: the run's datasource.train)")
     export.add_argument('--extension-only', action='store_true',
                         help='only the new layers and a reference to the base (extended format)')
     export.add_argument('--adapter-only', action=_DeprecatedFlag, dest='extension_only', help=argparse.SUPPRESS,
