@@ -41,7 +41,7 @@ from audiocraft_ext.models.feature_cache import BaseFeatureCache
 from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict
 
 from common import storage_bytes
-from adaptation_task import SAMPLE_RATE, Codes, Task, attributes, cosine_schedule, optim_config, seed_condition_dropouts
+from adaptation_task import Codes, Task, attributes, cosine_schedule, optim_config, seed_condition_dropouts
 
 LORA_LINEARS = r'.*transformer\.layers\.\d+\.(linear1|linear2|self_attn\.out_proj|cross_attention\.out_proj)'
 LORA_PARAMETERS = ['in_proj_weight']
@@ -250,7 +250,7 @@ class Trainer:
         if self.method.replay is not None:
             source_set = self.task.replay if self.method.replay == 'generated' else ReplaySet(
                 self.task.codes['old']['train'].codes, self.task.codes['old']['train'].captions)
-            source = GeneratedReplay(source_set, self.adapted.lm, SAMPLE_RATE, seed=self.seed + 1)
+            source = GeneratedReplay(source_set, self.adapted.lm, self.task.sample_rate, seed=self.seed + 1)
             self.control = ForgettingControl(source, self.method.ratio, self.method.ce_weight, self.method.distill)
         self.predict = self.adapted.predict
         if self.method.cache_replay:

@@ -6,17 +6,18 @@ LEVELS = (0.02, 0.05)
 
 def format_report(report: dict) -> str:
     info, methods = report['info'], report['methods']
-    sizes = info['sizes']
+    sizes, model = info['sizes'], info['base_model']
+    clips = model['clips']['new']
     base = info['base']
     lines = [
         f"command: {info['command']}",
         f"machine: {info['machine']}; load average before timing {info['load_before_timing'][0]:.1f}, "
         f"after {info['load_after'][0]:.1f}; {info['workers']} training processes; total {info['wall_s'] / 60:.1f} min",
-        f"task: base dim {sizes['dim']}, {sizes['layers']} layers, {sizes['heads']} heads, trained "
-        f"{info['base_training']['steps']} steps on the old domain (best valid CE "
-        f"{info['base_training']['best_valid_ce']:.4f}); {sizes['train']} training clips of {sizes['duration']:g} s per "
-        f"domain, held out {sizes['heldout']} per domain and {info['replay_set']['heldout']} of the base's "
-        f"{info['replay_set']['train'] + info['replay_set']['heldout']} generations",
+        f"task: the pretrained base of {model['folder']} (dim {model['dim']}, {model['layers']} layers, "
+        f"{model['heads']} heads, {model['codebooks']} codebooks of {model['card']}; base_lm sha256 "
+        f"{model['base_lm_sha256'][:12]}); score set clips of {sizes['duration']:g} s, per domain {clips['train']} "
+        f"training, {clips['valid']} validation, {clips['evaluate']} held out; {info['replay_set']['heldout']} of the "
+        f"base's {info['replay_set']['train'] + info['replay_set']['heldout']} generations held out",
         f"runs: {info['steps']} optimizer steps of {info['batch_size']} new-domain examples (+ replay), "
         f"{info['seeds']} seeds, learning rate chosen on new-domain validation (seed 0)",
         f"base cross entropy (nats/token): new {base['new']:.4f}, old {base['old']:.4f}, "

@@ -1,11 +1,13 @@
-"""Adaptation without forgetting, measured: the extension against LoRA and full fine-tuning (issue 13).
+"""Adaptation without forgetting, measured: the extension against LoRA and full fine-tuning.
 
     python benchmarks/bench_adaptation.py                 # the full run (docs/BENCHMARKS.md)
-    python benchmarks/bench_adaptation.py --quick         # tiny sizes, seconds (the smoke test)
+    python benchmarks/bench_adaptation.py --quick         # tiny sizes, under a minute (the smoke test)
 
-A base trained on the old synthetic domain (`adaptation_task.py`) is adapted to the new one by
-every method of `METHODS` (`adaptation_methods.py`), same data, same number of optimizer steps,
-a small learning-rate grid each. Protocol:
+The pretrained tiny MusicGen (`audiocraft_ext.models.shipped`, or `--pretrained DIR`), trained on
+the score set's old domain (Bach chorales), is adapted to its new one (Irish dance tunes) by every
+method of `METHODS` (`adaptation_methods.py`), same data, same number of optimizer steps, a small
+learning-rate grid each. The task is the demo's (`adaptation_task.py`: its data, the pretrained
+codec's codes, the pretrained base, the base's own generations as replay). Protocol:
 
 1. every (method, learning rate) with seed 0; the learning rate of each method is the one with
    the lowest new-domain *validation* cross entropy;
@@ -44,6 +46,7 @@ from common import DEFAULT_OUT, ensure_out, machine_description, median_and_spre
 import adaptation_task as task_lib  # noqa: E402
 from adaptation_methods import Method, Trainer  # noqa: E402
 from audiocraft_ext.io.cache_dirs import cache_dir  # noqa: E402
+from audiocraft_ext.models.shipped import PRETRAINED_DIR  # noqa: E402
 
 ALPHAS = (0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 LEVELS = (0.02, 0.05)
@@ -90,10 +93,10 @@ DERIVED = {'ext-L/4+kl x1.5 steps': ('ext-L/4+kl', dict(steps_scale=1.5, label='
 _TASK: tp.Optional[task_lib.Task] = None
 
 
-def _init_worker(cache: str, sizes: dict, threads: int) -> None:
+def _init_worker(cache: str, pretrained: str, sizes: dict, threads: int) -> None:
     global _TASK
     torch.set_num_threads(threads)
-    _TASK = task_lib.build_task(Path(cache), task_lib.TaskSizes(**sizes), log=lambda line: None)
+    _TASK = task_lib.build_task(Path(cache), Path(pretrained), task_lib.TaskSizes(**sizes), log=lambda line: None)
 
 
 def base_scores(task: task_lib.Task) -> tp.Dict[str, float]:
@@ -212,15 +215,19 @@ def measure_steps(task: task_lib.Task, methods: tp.Dict[str, Method], lrs: tp.Di
 
 def parse_args(argv: tp.Optional[tp.List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='tiny sizes, one learning rate, seconds')
-    parser.add_argument('--steps', type=int, help='optimizer steps per run (default 300; --quick 3)')
+    parser.add_argument('--quick', action='store_true', help='tiny sizes, one learning rate, under a minute')
+    parser.add_argument('--steps', type=int, help='optimizer steps per run (default 160; --quick 3)')
     parser.add_argument('--batch-size', type=int, help='new-domain examples per step (default 8; --quick 2)')
     parser.add_argument('--seeds', type=int, default=2, help='seeds per method (default: %(default)s)')
     parser.add_argument('--methods', help='comma-separated method names (default: all)')
     parser.add_argument('--workers', type=int, default=2,
                         help='training processes, 0: in this process (default: %(default)s)')
     parser.add_argument('--repeats', type=int, help='timing rounds (default 10; --quick 1)')
-    parser.add_argument('--cache-dir', default=str(cache_dir('bench_adaptation')))
+    parser.add_argument('--pretrained', metavar='DIR', default=str(PRETRAINED_DIR),
+                        help='the pretrained codec and base LM, as scripts/make_pretrained.py writes them '
+                             '(default: the ones shipped with the package)')
+    parser.add_argument('--cache-dir', default=str(cache_dir('bench_adaptation')),
+                        help='data, codes and replay set (default: %(default)s)')
     parser.add_argument('--out', default=str(DEFAULT_OUT))
     parser.add_argument('--plot', help='PNG of the trade-off curves (default: <out>/bench_adaptation.png)')
     parser.add_argument('--fresh', action='store_true', help='ignore runs recorded by earlier invocations')
@@ -231,14 +238,15 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> dict:
     args = parse_args(argv)
     from adaptation_report import format_report, plot_curves
     sizes = task_lib.QUICK_TASK if args.quick else task_lib.TaskSizes()
-    steps = args.steps or (3 if args.quick else 300)
+    steps = args.steps or (3 if args.quick else 160)
     batch_size = args.batch_size or (2 if args.quick else 8)
     repeats = args.repeats or (1 if args.quick else 10)
     out = ensure_out(args.out)
     torch.set_num_threads(1)
     started = time.time()
     log = lambda line: print(line, flush=True)  # noqa: E731
-    task = task_lib.build_task(Path(args.cache_dir), sizes, log)
+    pretrained = Path(args.pretrained).expanduser().resolve()
+    task = task_lib.build_task(Path(args.cache_dir), pretrained, sizes, log)
     methods = {m.name: m for m in METHODS}
     if args.methods:
         names = args.methods.split(',')
@@ -262,7 +270,8 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> dict:
     common = {'task': task.key, 'steps': steps, 'batch_size': batch_size, 'alphas': list(ALPHAS)}
     if args.workers > 0:
         pool: tp.Any = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context('spawn'),
-                                           initializer=_init_worker, initargs=(args.cache_dir, asdict(sizes), 1))
+                                           initializer=_init_worker,
+                                           initargs=(args.cache_dir, str(pretrained), asdict(sizes), 1))
     else:  # in this process
         global _TASK
         _TASK = task
@@ -309,8 +318,8 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> dict:
     results = summarise(final, base, chosen, grid, timing, all_methods)
     info = {'machine': machine_description('cpu'), 'load_before_timing': load, 'load_after': os.getloadavg(),
             'sizes': asdict(sizes), 'steps': steps, 'batch_size': batch_size, 'seeds': args.seeds,
-            'workers': args.workers, 'repeats': repeats, 'base': base, 'base_training': task.base_info,
-            'replay_set': {'train': len(task.replay), 'heldout': len(task.replay_heldout),
+            'workers': args.workers, 'repeats': repeats, 'base': base, 'base_model': task.base_info,
+            'data': str(task.data), 'replay_set': {'train': len(task.replay), 'heldout': len(task.replay_heldout),
                            'prompts_file': str(task.prompts_file)},
             'wall_s': time.time() - started, 'command': 'python benchmarks/bench_adaptation.py ' + ' '.join(argv or sys.argv[1:])}
     report = {'info': info, 'methods': results}

@@ -1,12 +1,19 @@
-"""The training benchmark runs end to end on tiny shapes (no timing is checked: issue 7 wants
-timings from benchmarks, not tests), and its variants are what their names say."""
+"""The benchmarks run end to end on tiny shapes (no timing is checked: timings come from the
+benchmarks, not from tests), and their variants are what their names say."""
+import json
+import os
 from pathlib import Path
 
 import pytest
 
+from audiocraft_ext.models.shipped import read_recipe
+
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / 'benchmarks'
+# The adaptation benchmark's test runs on the pretrained base shipped with the package, or on the
+# folder this variable names (another base in scripts/make_pretrained.py's layout).
+PRETRAINED_ENV = 'AUDIOCRAFT_EXT_TEST_PRETRAINED'
 
 
 def test_bench_training_variants_on_tiny_shapes(tmp_path, monkeypatch):
@@ -38,15 +45,18 @@ def test_bench_training_variants_on_tiny_shapes(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_bench_adaptation_quick_runs_every_method(tmp_path, monkeypatch):
-    """`python benchmarks/bench_adaptation.py --quick` end to end (no timing or quality is checked)."""
+    """`python benchmarks/bench_adaptation.py --quick` end to end on the demo's task (no timing or
+    quality is checked)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import adaptation_task
     import bench_adaptation
+    pretrained = ['--pretrained', os.environ[PRETRAINED_ENV]] if os.environ.get(PRETRAINED_ENV) else []
     report = bench_adaptation.main(['--quick', '--workers', '0', '--cache-dir', str(tmp_path / 'cache'),
-                                    '--out', str(tmp_path / 'out')])
+                                    '--out', str(tmp_path / 'out'), *pretrained])
     methods = report['methods']
     assert set(methods) == {m.name for m in bench_adaptation.METHODS} | set(bench_adaptation.DERIVED)
-    sizes = report['info']['sizes']
-    dim, layers = sizes['dim'], sizes['layers']
+    model = report['info']['base_model']
+    dim, layers = model['dim'], model['layers']
     for name, result in methods.items():
         assert result['curve'][0] == [0.0, 0.0]  # strength 0 is the base for every method
         assert len(result['curve']) == len(bench_adaptation.ALPHAS) + 1
@@ -61,3 +71,20 @@ def test_bench_adaptation_quick_runs_every_method(tmp_path, monkeypatch):
     assert (tmp_path / 'out' / 'bench_adaptation.png').read_bytes()[:4] == b'\x89PNG'
     text = (tmp_path / 'out' / 'bench_adaptation.txt').read_text()
     assert 'gain@.02' in text and 'LoRA r16 + replay(gen) + KL' in text
+    # The task (cached by the run): the score set's clips as the pretrained codec's codes, one example a
+    # clip, captioned in the style the replay prompts are written in.
+    task = adaptation_task.build_task(tmp_path / 'cache', Path(model['folder']), adaptation_task.QUICK_TASK,
+                                      log=lambda line: None)
+    frames = round(adaptation_task.QUICK_TASK.duration * 50)  # the codec's 50 frames/s
+    vocabulary = set(adaptation_task.caption_style_prompts(40))
+    for domain, splits in task.codes.items():
+        for split, data in splits.items():
+            assert data.codes.shape[1:] == (model['codebooks'], frames) and data.codes.max() < model['card']
+            assert len(data.captions) == model['clips'][domain][split] and set(data.captions) <= vocabulary
+    assert len(task.replay_heldout) == adaptation_task.QUICK_TASK.replay_heldout
+    # Held out means unheard: the base's training pieces (its recipe) are none of the task's valid or
+    # evaluate pieces.
+    trained = set(read_recipe(Path(model['folder']))['base_lm']['train_pieces'])
+    pieces = json.loads((task.data / 'egs' / 'old' / 'synth.json').read_text())['pieces']
+    assert trained and not trained & (set(pieces['valid']) | set(pieces['evaluate']))
+    assert set(task.replay.prompts) <= vocabulary
