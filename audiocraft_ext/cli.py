@@ -12,6 +12,8 @@ Subcommands:
     info             print what an extension holds, without loading its weights.
     generate         music from captions with a saved model, one WAV (and its settings) per caption.
     report           (re)build the HTML listening report of an evaluated run or a demo output.
+    plan             predicted peak memory and compute of a training step, the extension beside full
+                     fine-tuning, and the largest batch a card fits (see models/memory_plan.py).
 
 Heavy imports (torch, audiocraft) happen inside the subcommands, so `audiocraft-ext --help`
 answers at once.
@@ -216,6 +218,35 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    """The memory and compute plan of one training step (models.memory_plan), without loading weights."""
+    from audiocraft_ext.io.errors import CheckpointError
+    from audiocraft_ext.models import memory_plan
+    try:
+        if args.gpu_memory is not None and args.gpu_memory * memory_plan.GIB <= memory_plan.CUDA_CONTEXT_BYTES:
+            raise ValueError(f"--gpu-memory {args.gpu_memory:g} leaves nothing beside the CUDA context "
+                             f"({memory_plan.CUDA_CONTEXT_BYTES / memory_plan.GIB:g} GiB): give the card's memory in GiB.")
+        if args.effective_batch is not None and args.effective_batch < 1:
+            raise ValueError(f"--effective-batch {args.effective_batch}: give a positive number of examples.")
+        settings = memory_plan.Settings(new_layers=args.new_layers, batch_size=args.batch_size, segment=args.segment,
+                                        precision=args.precision, replay_ratio=args.replay_ratio,
+                                        feature_cache=args.feature_cache == 'on', half_base=args.half_base,
+                                        checkpointing=args.checkpointing)
+        shape = memory_plan.read_shape(args.base)
+    except (FileNotFoundError, CheckpointError, ValueError) as error:
+        message = str(error)
+        for name in ('new_layers', 'batch_size', 'segment', 'replay_ratio'):  # the option as typed
+            if message.startswith(name + '='):
+                message = f"--{name.replace('_', '-')} {message[len(name) + 1:]}"
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    budget, note = None, ''
+    if args.gpu_memory is not None:
+        budget, note = memory_plan.usable_bytes(args.gpu_memory * memory_plan.GIB), memory_plan.card_note(args.gpu_memory)
+    print(memory_plan.format_plan(memory_plan.make_plan(shape, settings, budget, args.effective_batch, note)))
+    return 0
+
+
 class _DeprecatedFlag(argparse.Action):
     """A renamed flag that still works: sets its new option and says so on stderr."""
     def __init__(self, option_strings, dest, new: str, **kwargs):
@@ -324,6 +355,33 @@ def build_parser() -> argparse.ArgumentParser:
                     'configuration) with its audio in one folder, from what the run left on disk.')
     report_command.add_arguments(report)
     report.set_defaults(func=report_command.run_report)
+
+    plan = commands.add_parser(
+        'plan', help='predicted peak memory and compute of a training step: the extension and full fine-tuning',
+        description='Predict the peak accelerator memory of one training step of the extension (frozen base, new '
+                    'layers trained) and of full fine-tuning of the same base, side by side, from the base\'s '
+                    'shapes (no weight is loaded or downloaded); with --gpu-memory, the largest batch that fits. '
+                    'Defaults are those of configs/solver/extended_musicgen.yaml.')
+    plan.add_argument('--base', required=True,
+                      help='facebook/musicgen-small, -medium, -large, -melody (published shapes, no download), an '
+                           'exported directory or an AudioCraft checkpoint.th (its config is read)')
+    plan.add_argument('--new-layers', type=int, default=12, metavar='N', help='new layers (default: %(default)s)')
+    plan.add_argument('--batch-size', type=int, default=16, metavar='B',
+                      help='examples per step on one GPU (default: %(default)s)')
+    plan.add_argument('--segment', type=float, default=30.0, metavar='SECONDS',
+                      help='seconds per example (default: %(default)s)')
+    plan.add_argument('--precision', choices=['float32', 'bfloat16', 'float16'], default='bfloat16',
+                      help='autocast dtype; float32: autocast off (default: %(default)s)')
+    plan.add_argument('--replay-ratio', type=float, default=0.5, metavar='R',
+                      help='replay examples per example, forgetting control (default: %(default)s)')
+    plan.add_argument('--feature-cache', choices=['on', 'off'], default='off',
+                      help="the frozen base's outputs read from disk: compute, not memory (default: %(default)s)")
+    plan.add_argument('--half-base', action='store_true', help='frozen base transformer stored in float16')
+    plan.add_argument('--checkpointing', action='store_true', help='activation checkpointing of the new layers')
+    plan.add_argument('--gpu-memory', type=float, metavar='GIB', help="the card's memory in GiB, e.g. 24 or 80")
+    plan.add_argument('--effective-batch', type=int, metavar='E',
+                      help='examples per update wanted: how many steps of the largest batch reach it')
+    plan.set_defaults(func=_plan)
 
     synth = commands.add_parser('make-synth-data', help='write the synthetic two-domain captioned dataset (old/new)')
     synth.add_argument('--domain', choices=['old', 'new', 'both'], default='both',
