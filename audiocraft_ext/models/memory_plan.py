@@ -673,10 +673,6 @@ def size_text(value: float) -> str:
     return f"{value / GIB:.2f} GiB" if value >= 0.1 * GIB else f"{value / 2 ** 20:.1f} MiB"
 
 
-def _gib(value: float) -> str:
-    return size_text(value)
-
-
 def _millions(value: float) -> str:
     return f"{value / 1e6:.1f} M" if value >= 1e6 else f"{int(value):,}"
 
@@ -714,12 +710,12 @@ def format_plan(plan: Plan) -> str:
     ext, full = plan.extension, plan.full
     width = 36
     rows = [('trainable parameters', _millions(ext.trainable), _millions(full.trainable)),
-            ('weights (LM, text encoder, codec)', _gib(ext.weights), _gib(full.weights)),
-            ('AdamW state', _gib(ext.optimizer_state), _gib(full.optimizer_state)),
-            ('gradients', _gib(ext.gradients), _gib(full.gradients)),
-            ('activations saved for backward', _gib(ext.activations), _gib(full.activations)),
-            ('logits working set', _gib(ext.logits), _gib(full.logits)),
-            ('peak, predicted', _gib(ext.peak), _gib(full.peak)),
+            ('weights (LM, text encoder, codec)', size_text(ext.weights), size_text(full.weights)),
+            ('AdamW state', size_text(ext.optimizer_state), size_text(full.optimizer_state)),
+            ('gradients', size_text(ext.gradients), size_text(full.gradients)),
+            ('activations saved for backward', size_text(ext.activations), size_text(full.activations)),
+            ('logits working set', size_text(ext.logits), size_text(full.logits)),
+            ('peak, predicted', size_text(ext.peak), size_text(full.peak)),
             ('  reached in', ext.peak_phase, full.peak_phase),
             ('compute per step', _flops(plan.extension_flops), _flops(plan.full_flops))]
     lines = ["Memory plan of one training step (predicted)",
@@ -732,7 +728,7 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"extension / full fine-tuning: memory {ext.peak / full.peak:.2f}x, compute "
                  f"{plan.extension_flops / plan.full_flops:.2f}x")
     if plan.budget is not None:
-        lines.append(f"Usable memory: {_gib(plan.budget)}" + (f" ({plan.budget_note})" if plan.budget_note else ''))
+        lines.append(f"Usable memory: {size_text(plan.budget)}" + (f" ({plan.budget_note})" if plan.budget_note else ''))
         answers = ['yes' if step.peak <= plan.budget else 'no' for step in (ext, full)]
         lines.append(f"{f'fits batch {plan.settings.batch_size}':<{width}}{answers[0]:>22}{answers[1]:>22}")
         largest = plan.largest

@@ -47,6 +47,7 @@ from ..models.layers import check_extension_scale, check_num_additional_layers
 from . import replay_config, xp_checkpoints
 from .device import needs_resolution, resolve_device
 from .config_checks import check_generate_durations
+from .memory_check import check_memory_plan
 from .nonfinite import NonFiniteStepError, all_ranks_agree_finite, gradients_finite, loss_finite, nonfinite_message
 from .replay import ForgettingControl, Predict, replay_predict
 from .run_lock import RunLock, remove_stale_temporaries, save_checkpoint_atomically
@@ -110,6 +111,8 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         sample_rate, channels: null to take the base's, or checked against it.
         classifier_free_guidance.training_dropout, .inference_coef: null to keep the base's.
         replay.*, distill.*: forgetting control (see `solvers.replay`, docs/TRAINING.md).
+        memory_plan.check, memory_plan.available_gb: the step's memory plan, logged and checked
+            before any data loads (see `solvers.memory_check`).
     """
     def __init__(self, cfg: omegaconf.DictConfig):
         self._base = None
@@ -176,7 +179,9 @@ class ExtendedMusicGenSolver(MusicGenSolver):
                 cfg[key] = value
 
     def build_dataloaders(self) -> None:
-        self._load_base()
+        base = self._load_base()
+        if not self.cfg.get('execute_only'):  # the plan of a training step, checked before any data loads
+            check_memory_plan(self.cfg, base, self.base_reference, self.logger)
         check_datasources(self.cfg)
         check_generate_durations(self.cfg)
         each_file_splits = self._size_unsized_splits()
