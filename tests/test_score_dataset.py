@@ -28,9 +28,11 @@ from synth_statistics import clip_statistics, spectral_flatness
 SR = 16000
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = (('train', 8), ('valid', 2), ('evaluate', 1), ('generate', 1))
-CAPTION = re.compile(r'^(?P<style>Bach chorale|Irish (?:reel|jig|slip jig|hornpipe)) in '
-                     r'(?P<key>[A-G][b#]? (?:major|minor)), (?P<meter>\d+/\d+), (?P<bpm>\d+) bpm, '
-                     r'(?P<instrument>church organ|string ensemble|fiddle|flute)$')
+CAPTION = re.compile(r'^(?P<style>Bach chorale|Irish (?:reel|jig|slip jig|hornpipe)) in a '
+                     r'(?P<mode>major|minor) key, (?P<instrument>church organ|string ensemble|fiddle|flute)$')
+DETAILED_CAPTION = re.compile(r'^(?P<style>Bach chorale|Irish (?:reel|jig|slip jig|hornpipe)) in '
+                              r'(?P<key>[A-G][b#]? (?:major|minor)), (?P<meter>\d+/\d+), (?P<bpm>\d+) bpm, '
+                              r'(?P<instrument>church organ|string ensemble|fiddle|flute)$')
 
 
 @pytest.fixture(scope='module')
@@ -93,6 +95,7 @@ def test_shipped_score_set_is_whole_small_and_in_the_wheel():
         total += len(data)
         assert hashlib.sha256(data).hexdigest() == piece.sha256, piece.id
         assert CAPTION.match(piece.caption()), piece.caption()
+        assert DETAILED_CAPTION.match(piece.detailed_caption()), piece.detailed_caption()
         assert piece.duration_s >= 15.0
     assert total + (score_domains.SCORES_DIR / 'scores.json').stat().st_size < 2_000_000
     # Every shipped file matches a package-data pattern of pyproject.toml (so the wheel has it).
@@ -189,9 +192,12 @@ def test_layout_captions_and_splits_by_piece(dataset):
                     assert sidecar[name] not in (None, '', []), name
                 match = CAPTION.match(sidecar['description'])
                 assert match, sidecar['description']
+                detailed = DETAILED_CAPTION.match(sidecar['detailed_caption'])
+                assert detailed, sidecar['detailed_caption']
                 piece = index[sidecar['score']['piece']]
                 assert piece.domain == domain and sidecar['name'] == wav.stem
-                assert (match['key'], match['meter'], int(match['bpm']), match['instrument']) == \
+                assert (match['mode'], match['instrument']) == (sidecar['key'].split()[-1], sidecar['instrument'])
+                assert (detailed['key'], detailed['meter'], int(detailed['bpm']), detailed['instrument']) == \
                     (sidecar['key'], piece.meter, sidecar['bpm'], sidecar['instrument'])
                 assert (piece.key, piece.bpm, piece.instrument) == (sidecar['key'], sidecar['bpm'], sidecar['instrument'])
                 assert match['style'].startswith('Bach' if domain == 'old' else 'Irish')

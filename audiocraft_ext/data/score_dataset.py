@@ -6,7 +6,8 @@ audio and sidecars under ``OUT/audio/<domain>/<split>/``, manifests under
 (FluidSynth is a synthesizer too). The clips are excerpts of
 
 * the shipped score set (`score_domains`): Bach chorales for ``old``, Irish dance tunes for
-  ``new``, captioned from their scores ("Irish reel in D major, 2/2, 100 bpm, fiddle"); or
+  ``new``, captioned from their scores ("Irish reel in a major key, fiddle"; the exact key,
+  meter and tempo in `detailed_caption`: "Irish reel in D major, 2/2, 100 bpm, fiddle"); or
 * a folder of the user's own MIDI files (``midi_dir``; any domain name). Captions come from a
   ``captions.csv`` in that folder when it lists the file (the table `prepare-data` reads: a
   `file` column and a `description` column, optionally genre, moods, keywords, title, artist,
@@ -66,7 +67,8 @@ def _shipped_sources(domain: str, folder: Path) -> tp.List[ScoreSource]:
             'title': piece.title, 'artist': spec.artist, 'key': piece.key, 'bpm': piece.bpm,
             'genre': spec.genre, 'moods': list(spec.moods),
             'keywords': [*piece.style.lower().split(), mode, piece.meter, piece.instrument],
-            'description': piece.caption(), 'instrument': piece.instrument,
+            'description': piece.caption(), 'detailed_caption': piece.detailed_caption(),
+            'instrument': piece.instrument,
             'score': {'piece': piece.id, 'source': piece.source, 'midi': piece.midi, 'style': piece.style,
                       'meter': piece.meter, 'program': piece.program},
         }

@@ -15,9 +15,15 @@ sound      church organ or string ensemble           fiddle or flute
 scripts/make_score_set.py picks the pieces with music21 once and ships them as small MIDI files
 with `scores.json` (``audiocraft_ext/data/scores/{old,new}/*.mid``); `score_dataset` renders
 excerpts of them with FluidSynth. Every caption comes from the piece's own score and what the
-recipe chose for it: "Bach chorale in G minor, 4/4, 68 bpm, church organ", "Irish reel in D
-major, 2/2, 100 bpm, fiddle". A bpm counts the meter's beat (`midi_file.beat_quarters`): the half
-note in 2/2, the quarter in 4/4, 3/4 and 2/4, the dotted quarter in 6/8 and 9/8.
+recipe chose for it: its style, the mode of its key and its instrument ("Bach chorale in a minor
+key, church organ", "Irish reel in a major key, fiddle"), the words a look-up-table text
+conditioner (the tiny base's: it hashes whole captions, `conditioners.description.model: lut`)
+can learn from a few hundred clips and meet again in held-out captions: 4 captions in ``old``,
+16 in ``new``. The exact key, meter and tempo are in every clip's metadata (`key`, `bpm`,
+`score`) and in `detailed_caption` ("Irish reel in D major, 2/2, 100 bpm, fiddle"), the form
+`score_dataset` gives clips of a user's own MIDI folder. A bpm counts the meter's beat
+(`midi_file.beat_quarters`): the half note in 2/2, the quarter in 4/4, 3/4 and 2/4, the dotted
+quarter in 6/8 and 9/8.
 """
 from dataclasses import dataclass
 import json
@@ -100,6 +106,10 @@ class Piece:
     sha256: str          # of the MIDI file
 
     def caption(self) -> str:
+        """E.g. "Irish jig in a major key, flute" (see the module's doc)."""
+        return f"{self.style} in a {self.key.split()[-1]} key, {self.instrument}"
+
+    def detailed_caption(self) -> str:
         return caption(self.style, self.key, self.meter, self.bpm, self.instrument)
 
 
