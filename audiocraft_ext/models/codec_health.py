@@ -1,14 +1,14 @@
 """Whether a compression model's tokenizer is alive, and a k-means refit of its codebooks.
 
-A small EnCodec trained for minutes (the demo's) collapses: its encoder's output is a large
-constant per channel plus a small variation in time, the codebooks' moving averages follow the
-constant, and the code nearest the mean wins every frame (1 to 11 of 256 codes used). Its
-encoder does carry the music in that small variation: fitting each residual stage's codebook by
-k-means on the encoder's outputs over the training audio (what `kmeans_init` does on one batch
-at the start of training) makes every codebook use the codes again. `check_codec_health` runs
-wherever the demo builds or loads such a codec, so a collapsed tokenizer stops with the numbers.
+A small EnCodec can collapse: every frame lands on a few codes of each codebook (the demo's first
+codec, trained for a minute by `CompressionSolver`, used 1 to 12 of 256), and its tokens then
+carry nothing of the music. `check_codec_health` runs wherever the demo's codec is built or
+loaded (scripts/make_pretrained.py, the demo's pretrained base) and stops with the numbers.
+`refit_codebooks` fits each residual stage's codebook by k-means on the encoder's outputs: it
+revives codebooks whose moving averages collapsed while the encoder still carries the music.
 """
 from dataclasses import dataclass
+import math
 import typing as tp
 
 from audiocraft.models.encodec import CompressionModel, EncodecModel
@@ -51,20 +51,31 @@ def codec_usage(model: CompressionModel, wav: torch.Tensor) -> tp.List[CodebookU
     return code_usage(codes, model.cardinality)
 
 
+def codes_needed(frames: int, cardinality: int, min_used: int = MIN_CODES_USED) -> int:
+    """Codes a healthy codebook shows in `frames` frames: `min_used` (at most `cardinality`), or a
+    tenth of the frames on fewer than 10 x `min_used` of them. A sample that small cannot show 128
+    codes of a healthy codebook (the shipped codec: about 80 codes in 400 frames, perplexity 60),
+    while a collapsed one uses 1 to 12 whatever the sample."""
+    return min(min_used, cardinality, frames // 10)
+
+
 def check_codec_health(model: CompressionModel, wav: torch.Tensor, what: str,
                        min_used: int = MIN_CODES_USED, min_perplexity: float = MIN_PERPLEXITY
                        ) -> tp.List[CodebookUsage]:
-    """`codec_usage`, raising `CodecCollapseError` when a codebook uses fewer than `min_used`
-    codes or has a perplexity under `min_perplexity` on `wav` [B, C, T] (held-out clips)."""
+    """`codec_usage`, raising `CodecCollapseError` when a codebook uses fewer codes than
+    `codes_needed` or has a perplexity under `min_perplexity` on `wav` [B, C, T] (held-out clips)."""
     usage = codec_usage(model, wav)
-    bad = [k for k, u in enumerate(usage) if u.used < min(min_used, u.cardinality) or u.perplexity < min_perplexity]
+    frames = wav.shape[0] * math.ceil(wav.shape[-1] * model.frame_rate / model.sample_rate)
+    needed = codes_needed(frames, model.cardinality, min_used)
+    bad = [k for k, u in enumerate(usage) if u.used < needed or u.perplexity < min_perplexity]
     if bad:
         numbers = ', '.join(f"{u.used}/{u.cardinality} codes, perplexity {u.perplexity:.1f}" for u in usage)
         raise CodecCollapseError(
             f"The compression model {what} has collapsed: per codebook {numbers} on {wav.shape[0]} held-out "
-            f"clips (needed: at least {min_used} codes and a perplexity of {min_perplexity:g} in every "
-            "codebook). Its tokens cannot carry the music: train it longer, or refit its codebooks "
-            "(audiocraft_ext.models.codec_health.refit_codebooks), then check again.")
+            f"clips, {frames} frames (needed: at least {needed} codes and a perplexity of {min_perplexity:g} "
+            "in every codebook). Its tokens cannot carry the music: train it longer (scripts/make_pretrained.py "
+            "trains the demo's), or refit its codebooks (audiocraft_ext.models.codec_health.refit_codebooks), "
+            "then check again.")
     return usage
 
 
