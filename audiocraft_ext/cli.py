@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
 
     demo = commands.add_parser(
-        'demo', help='the whole method offline on a CPU: train a tiny base, extend it, generate, evaluate',
+        'demo', help='the whole method offline on a CPU: extend a tiny pretrained base, generate, evaluate',
         description='Write a synthetic two-domain captioned dataset, train a tiny MusicGen on the '
                     '"old" domain with AudioCraft\'s MusicGenSolver (cached), freeze it and train new '
                     'layers on the "new" domain with python -m audiocraft_ext.train, generate clips with '

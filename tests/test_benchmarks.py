@@ -1,7 +1,6 @@
 """The benchmarks run end to end on tiny shapes (no timing is checked: timings come from the
 benchmarks, not from tests), and their variants are what their names say."""
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,6 @@ from audiocraft_ext.models.shipped import read_recipe
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / 'benchmarks'
-# The adaptation benchmark's test runs on the pretrained base shipped with the package, or on the
-# folder this variable names (another base in scripts/make_pretrained.py's layout).
-PRETRAINED_ENV = 'AUDIOCRAFT_EXT_TEST_PRETRAINED'
 
 
 def test_bench_training_variants_on_tiny_shapes(tmp_path, monkeypatch):
@@ -50,9 +46,8 @@ def test_bench_adaptation_quick_runs_every_method(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import adaptation_task
     import bench_adaptation
-    pretrained = ['--pretrained', os.environ[PRETRAINED_ENV]] if os.environ.get(PRETRAINED_ENV) else []
     report = bench_adaptation.main(['--quick', '--workers', '0', '--cache-dir', str(tmp_path / 'cache'),
-                                    '--out', str(tmp_path / 'out'), *pretrained])
+                                    '--out', str(tmp_path / 'out')])
     methods = report['methods']
     assert set(methods) == {m.name for m in bench_adaptation.METHODS} | set(bench_adaptation.DERIVED)
     model = report['info']['base_model']

@@ -1,20 +1,26 @@
-"""`audiocraft-ext demo --quick` end to end: data, codec, base (MusicGenSolver), the extension run through
-`python -m audiocraft_ext.train`, generation, evaluation, summary. One subprocess for training and
-one for evaluation (the rest runs in the test's process), on a fresh cache."""
+"""`audiocraft-ext demo --quick` end to end: data, the shipped pretrained base, the extension run
+through `python -m audiocraft_ext.train`, generation, evaluation, summary. One subprocess for
+training and one for evaluation (the rest runs in the test's process), on a fresh cache."""
 import json
 import math
 from pathlib import Path
 
+from audiocraft.models import builders
 import numpy as np
+from omegaconf import OmegaConf
 import pytest
 import soundfile
 import torch
 
 from audio_checks import assert_audible, assert_codec_healthy
 from audiocraft_ext import cli
+from audiocraft_ext.demo.codec_training import held_out_mel
 from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
+from audiocraft_ext.models.shipped import read_recipe
 
 pytestmark = pytest.mark.slow  # the whole demo, end to end (about a minute)
+QUICK_GAIN = 0.10  # nats/token on the new domain's held-out clips
+QUICK_FORGETTING = 0.10  # nats/token on the old domain's
 
 
 @pytest.fixture(scope='module')
@@ -47,6 +53,12 @@ def test_audio_files_decode_and_are_not_silence(demo):
         assert Path(clip['path']).is_relative_to(out / 'audio')
         assert sample_rate == 16000 and len(wav) == pytest.approx(summary['clip_duration'] * 16000, abs=320)
         assert_audible(wav, clip['path'])
+    # The new layers change what the model plays: extended and base differ for every caption.
+    by_key = {(c['variant'], c['domain'], c['prompt']): soundfile.read(c['path'])[0] for c in clips}
+    for (variant, domain, prompt), wav in by_key.items():
+        if variant == 'extended':
+            base = by_key[('base', domain, prompt)]
+            assert np.abs(wav - base).max() > 0.1, (domain, prompt)
 
 
 def test_the_tokenizer_codes_the_held_out_music(demo):
@@ -63,6 +75,12 @@ def test_the_tokenizer_codes_the_held_out_music(demo):
     # either, so a code or two may differ; a wrong or stale summary would differ by far more.
     for measured, reported in zip([u.used for u in usage], summary['codec']['codes_used']):
         assert abs(measured - reported) <= 2, (measured, reported)
+    # Its reconstructions are far closer to the music than an untrained codec's (multi-scale mel distance).
+    torch.manual_seed(0)
+    untrained = builders.get_compression_model(OmegaConf.create(read_recipe()['codec']['config']))
+    untrained(wav)  # its codebooks initialise (k-means) on a first batch
+    trained, random = held_out_mel(model.compression_model, wav), held_out_mel(untrained, wav)
+    assert trained < 0.5 * random, (trained, random)
 
 
 def test_metrics_have_expected_finite_fields(demo):
@@ -81,14 +99,48 @@ def test_metrics_have_expected_finite_fields(demo):
 def test_extended_gains_on_the_new_domain_and_keeps_the_old(demo):
     _, summary = demo
     ce = summary['cross_entropy']
-    # 20 updates of one new layer on a 2-layer base: measured gain 0.016 nats/token, forgetting -0.005
-    # (seed 0); without training (zero learning rate) both are 0.
-    assert ce['new']['extended'] < ce['new']['base'] - 0.005
-    assert abs(ce['old']['extended'] - ce['old']['base']) <= 0.02
+    # 20 updates of one new layer on the shipped base (seed 0): measured gain 1.096 nats/token and
+    # forgetting +0.050 (README gives the full size's: +0.014 to +0.038 over 3 seeds, above the 0.02
+    # aimed at for 2 of them); without training (zero learning rate) both are 0.
+    assert ce['new']['base'] - ce['new']['extended'] >= QUICK_GAIN
+    assert ce['old']['extended'] - ce['old']['base'] <= QUICK_FORGETTING
     # Both numbers of the summary: gain on the new domain, forgetting on the old one.
     assert summary['gain_new'] == pytest.approx(ce['new']['base'] - ce['new']['extended'])
     assert summary['forgetting_old'] == pytest.approx(ce['old']['extended'] - ce['old']['base'])
     assert summary['forgetting_control']['replay_ratio'] > 0
+
+
+def test_the_base_knows_the_old_domain_better_than_the_new(demo):
+    """Like a pretrained MusicGen and a genre it knows less well: well below a uniform guess on the
+    old domain's held-out clips, higher but not absurd on the new domain's."""
+    _, summary = demo
+    base = {domain: summary['cross_entropy'][domain]['base'] for domain in ('old', 'new')}
+    uniform = math.log(256)
+    assert base['old'] < 0.8 * uniform, base
+    assert 1.1 <= base['new'] / base['old'] <= 3.0, base
+
+
+def test_the_base_never_heard_the_held_out_pieces(demo):
+    """The pieces of the demo's valid, evaluate and generate splits are not among those the shipped
+    base was trained on (the deal of pieces to splits does not depend on the clip count)."""
+    _, summary = demo
+    trained = set(read_recipe()['base_lm']['train_pieces'])
+    pieces = json.loads((Path(summary['data']) / 'egs' / 'old' / 'synth.json').read_text())['pieces']
+    assert set(pieces['train']) <= trained
+    for split in ('valid', 'evaluate', 'generate'):
+        assert pieces[split] and not set(pieces[split]) & trained, split
+
+
+def test_the_audible_measure_tells_the_real_domains_apart(demo):
+    """The classifier behind the summary's "sounds new" line scores held-out real clips on the right
+    side (its accuracy, and the mean scores per domain) and scores every model's clips. Whether the
+    extended model's clips score nearer the new domain is measured at the demo's full size (README:
+    3 seeds); the quick demo generates one 1 s clip per domain and variant, too few to tell."""
+    _, summary = demo
+    audible = summary['audible']
+    assert audible['accuracy'] >= 0.9, audible
+    assert audible['reference']['old'] < 0 < audible['reference']['new'], audible
+    assert all(math.isfinite(audible[domain][variant]) for domain in ('new', 'old') for variant in ('base', 'extended'))
 
 
 def test_plots_and_model_written(demo):

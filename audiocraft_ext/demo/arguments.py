@@ -4,6 +4,8 @@ from dataclasses import asdict, dataclass
 import os
 from pathlib import Path
 
+from ..models.shipped import PRETRAINED_DIR
+
 
 @dataclass
 class Sizes:
@@ -11,13 +13,6 @@ class Sizes:
     clips: int = 60             # per domain, over all splits (70% train)
     duration: float = 3.0       # seconds per clip
     segment: float = 2.0        # seconds per training example (LM); generated clips are as long
-    codec_epochs: int = 4
-    codec_updates: int = 25
-    base_dim: int = 64
-    base_layers: int = 4
-    base_epochs: int = 6
-    base_updates: int = 20
-    base_lr: float = 3e-3
     new_layers: int = 2
     extension_epochs: int = 6
     extension_updates: int = 15
@@ -26,9 +21,8 @@ class Sizes:
     prompts: int = 3            # per domain
 
 
-QUICK = Sizes(clips=20, duration=2.0, segment=1.0, codec_epochs=1, codec_updates=8, base_dim=32,
-              base_layers=2, base_epochs=2, base_updates=8, new_layers=1, extension_epochs=2,
-              extension_updates=10, extension_lr=5e-3, prompts=2)
+QUICK = Sizes(clips=20, duration=2.0, segment=1.0, new_layers=1, extension_epochs=2, extension_updates=10,
+              extension_lr=5e-3, prompts=2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -39,14 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help='smallest sizes that still show the effect (the test suite runs this)')
     parser.add_argument('--base', metavar='PATH_OR_ID',
                         help='extend this pretrained MusicGen (Hugging Face id, exported directory, '
-                             'checkpoint.th) instead of training the tiny embedded base')
-    parser.add_argument('--codec', choices=['train', 'random'],
-                        help='train the tiny EnCodec briefly with CompressionSolver (default) or use an '
-                             'untrained one (default with --quick: a minute less, noise-like audio)')
+                             'checkpoint.th) instead of the tiny one shipped with the package')
+    parser.add_argument('--pretrained', metavar='DIR', default=str(PRETRAINED_DIR),
+                        help='the tiny codec and base to extend, as scripts/make_pretrained.py writes them '
+                             '(default: the ones shipped with the package)')
     parser.add_argument('--cache-dir', default=os.environ.get(
         'AUDIOCRAFT_EXT_DEMO_CACHE', str(Path.home() / '.cache' / 'audiocraft-ext' / 'demo')),
         help='where the data, compression model and base are cached (default: %(default)s)')
-    parser.add_argument('--no-cache', action='store_true', help='rebuild the cached data, codec and base')
+    parser.add_argument('--no-cache', action='store_true', help='rebuild the cached data and exported base')
     parser.add_argument('--device', default='cpu', help='cpu (default) or cuda')
     parser.add_argument('--threads', type=int, default=min(2, os.cpu_count() or 1),
                         help='torch threads of the training runs (default: %(default)s)')
@@ -58,7 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sizes.add_argument('--new-layers', type=int, help=f'new layers on the base (default {defaults.new_layers})')
     sizes.add_argument('--epochs', type=int, help=f'epochs of the extension (default {defaults.extension_epochs})')
     sizes.add_argument('--updates', type=int, help=f'updates per epoch (default {defaults.extension_updates})')
-    sizes.add_argument('--base-epochs', type=int, help=f'epochs of the embedded base (default {defaults.base_epochs})')
     return parser
 
 
@@ -66,7 +59,7 @@ def sizes_from_args(args: argparse.Namespace) -> Sizes:
     sizes = Sizes(**asdict(QUICK)) if args.quick else Sizes()
     for arg, field in [('clips', 'clips'), ('duration', 'duration'), ('segment', 'segment'),
                        ('new_layers', 'new_layers'), ('epochs', 'extension_epochs'),
-                       ('updates', 'extension_updates'), ('base_epochs', 'base_epochs')]:
+                       ('updates', 'extension_updates')]:
         value = getattr(args, arg, None)
         if value is not None:
             setattr(sizes, field, value)

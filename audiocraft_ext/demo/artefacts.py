@@ -1,12 +1,11 @@
 """The demo's cache: one folder per artefact, named by a hash of every parameter that changes it.
 
-    <cache>/data-<key>/    the two-domain dataset: excerpts of real scores (`make_data`)
-    <cache>/codec-<key>/   the tiny EnCodec (`bases.make_codec`)
-    <cache>/base-<key>/    the tiny MusicGen base (`bases.make_base`)
+    <cache>/data-<key>/    the two-domain dataset: excerpts of real scores (`make_data`), and the
+                           replay prompts: the captions the base was trained on
+    <cache>/base-<key>/    the pretrained tiny MusicGen in AudioCraft's exported layout (`bases.pretrained_base`)
 
 A folder counts as built once its `done.json` (the parameters, timings) is written, last.
 """
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -21,7 +20,8 @@ from ..io.atomic import atomic_write_text
 from .arguments import Sizes
 from .progress import Steps
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3  # of what the demo builds: a new one rebuilds the cached data
+REPLAY_PROMPTS = 'replay_prompts.txt'  # in the data folder
 
 
 def key(payload: tp.Any) -> str:
@@ -49,10 +49,10 @@ def fresh(folder: Path) -> Path:
     return folder
 
 
-def reuse_or_clear(folder: Path, artefact: Path, args: argparse.Namespace, steps: Steps) -> tp.Optional[dict]:
+def reuse_or_clear(folder: Path, artefact: Path, no_cache: bool, steps: Steps) -> tp.Optional[dict]:
     """The cached step's info (with `cached: True`) if `folder` holds a finished one, else an empty folder."""
     info = done(folder)
-    if info and not args.no_cache:
+    if info and not no_cache:
         steps.print(f"      cached: {artefact}")
         return {**info, 'cached': True}
     fresh(folder)
@@ -65,8 +65,8 @@ def make_data(cache: Path, sizes: Sizes, seed: int, sample_rate: int, no_cache: 
     ``old`` is Bach chorales, ``new`` Irish dance tunes, rendered with FluidSynth from the
     shipped score set (`data.score_domains`); a new version of that set makes a new folder.
     """
-    params = {'scores': SCORE_SET_VERSION, 'clips': sizes.clips, 'duration': sizes.duration,
-              'seed': seed, 'sample_rate': sample_rate}
+    params = {'version': DEMO_VERSION, 'scores': SCORE_SET_VERSION, 'clips': sizes.clips,
+              'duration': sizes.duration, 'seed': seed, 'sample_rate': sample_rate}
     root = cache / f'data-{key(params)}'
     if done(root) and not no_cache:
         return root
@@ -74,10 +74,22 @@ def make_data(cache: Path, sizes: Sizes, seed: int, sample_rate: int, no_cache: 
     for domain in DOMAINS:
         write_score_dataset(root, domain, num_clips=sizes.clips, duration=sizes.duration,
                             sample_rate=sample_rate, seed=seed)
-    for split in SPLITS:  # both domains, for the compression model
+    for split in SPLITS:  # both domains, for the codec's checks
         lines = []
         for domain in DOMAINS:
             lines += (root / 'egs' / domain / split / 'data.jsonl').read_text().splitlines()
         atomic_write_text(root / 'egs' / 'all' / split / 'data.jsonl', '\n'.join(lines) + '\n')
+    atomic_write_text(root / REPLAY_PROMPTS, '\n'.join(base_captions(root)) + '\n')
     mark_done(root, params)
     return root
+
+
+def base_captions(root: Path) -> tp.List[str]:
+    """The distinct captions of the old domain's train clips: what the base was trained on, the
+    prompts of the replay set (`replay.prompts`), as a user gives the captions their base knows."""
+    captions = []
+    for sidecar in sorted((root / 'audio' / 'old' / 'train').glob('*.json')):
+        caption = json.loads(sidecar.read_text())['description']
+        if caption not in captions:
+            captions.append(caption)
+    return captions

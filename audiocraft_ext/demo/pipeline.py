@@ -6,27 +6,26 @@ Steps (each printed as `[x/N] name`):
    excerpts of public-domain scores rendered with FluidSynth, an ``old`` domain (Bach chorales on
    church organ or strings) and a ``new`` one (Irish reels, jigs and hornpipes on fiddle or
    flute), in AudioCraft's layout.
-2. **Compression model**: a tiny 16 kHz EnCodec trained briefly on both domains' audio with
-   AudioCraft's own `CompressionSolver` (reconstruction losses, no discriminators), exported
-   with `audiocraft.utils.export.export_encodec`. `--codec random` uses an untrained one.
-3. **Base**: a tiny MusicGen trained from scratch on the old domain with AudioCraft's own
-   `MusicGenSolver`, exported into the layout stock `MusicGen.get_pretrained(dir)` loads (as
-   `audiocraft.utils.export.export_lm` writes it). Steps 2 and 3 run in this process through
-   the same Dora main as `python -m audiocraft_ext.train` (one AudioCraft import less), and are
-   cached under `--cache-dir`, keyed on every parameter that changes them (`bases`, `artefacts`).
-4. **Extension run**: `python -m audiocraft_ext.train --config=solver/extended_musicgen
+2. **Pretrained base**: the tiny MusicGen shipped with the package (`models.shipped`: a 16 kHz
+   EnCodec and a MusicGen LM trained on the old domain's train pieces by AudioCraft's own
+   `MusicGenSolver`, both made once by scripts/make_pretrained.py), written into the layout
+   stock `MusicGen.get_pretrained(dir)` loads and cached under `--cache-dir`; its tokenizer is
+   checked on both domains' held-out clips (`codec_health`). `--pretrained DIR` takes another
+   such folder.
+3. **Extension run**: `python -m audiocraft_ext.train --config=solver/extended_musicgen
    pretrained_model_checkpoint=<base> egs_root=<new domain> ...` in a subprocess: the command
    users run, printed in full.
-5. **Generate**: the run is exported (`audiocraft-ext export`'s code) to one file, loaded with
+4. **Generate**: the run is exported (`audiocraft-ext export`'s code) to one file, loaded with
    `ExtendedMusicGen.get_pretrained` and asked for clips from new- and old-domain captions, at
-   `extension_scale` 1.0 (extended) and 0.0 (exactly the base).
-6. **Evaluate**: `python -m audiocraft_ext.evaluate` on the run (cross entropy of base and
+   `extension_scale` 1.0 (extended) and 0.0 (exactly the base); a classifier fitted on both
+   domains' real clips scores how new-domain each model's clips sound (`audible`).
+5. **Evaluate**: `python -m audiocraft_ext.evaluate` on the run (cross entropy of base and
    extended on the new domain and on the old one, extension_scale sweep and its plot).
-7. **Summary**: loss curves from the runs' `history.json`, `summary.json`, the listening report
+6. **Summary**: loss curves from the runs' `history.json`, `summary.json`, the listening report
    `OUT/report/report.html` (base, extended and dataset clip per caption, metrics, plots), and
    the summary.
 
-`--base PATH_OR_ID` skips steps 2-3 and extends a real pretrained MusicGen instead.
+`--base PATH_OR_ID` skips step 2 and extends a real pretrained MusicGen instead.
 
 This module is the order of the steps; each job is in its own module: `arguments` (sizes and
 options), `artefacts` (the cache, the data), `bases` (codec and base), `runs` (training and
@@ -43,22 +42,21 @@ from ..evaluation.plots import plot_loss_curves
 from ..models.extended_musicgen import ExtendedMusicGen, load_base
 from .arguments import sizes_from_args
 from .artefacts import make_data
-from .bases import make_base, make_codec
+from .audible import audible_measure
+from .bases import pretrained_base
 from .clips import generate_clips
 from .progress import Steps
 from .report_page import write_demo_report
 from .runs import extension_run_argv, read_history, run_evaluate, run_subprocess, xp_folder
 from .summary import cross_entropy, forgetting_control_defaults, print_summary
 
-STEPS = ('Music data', 'Compression model', 'Base MusicGen on the old domain',
-         'Extend and train on the new domain', 'Export and generate', 'Evaluate', 'Summary')
+STEPS = ('Music data', 'Pretrained base MusicGen', 'Extend and train on the new domain', 'Export and generate',
+         'Evaluate', 'Summary')
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """`audiocraft-ext demo` with the options of `arguments.add_arguments`: the steps above, in order; returns 0."""
     sizes = sizes_from_args(args)
-    if getattr(args, 'codec', None) is None:
-        args.codec = 'random' if args.quick else 'train'
     out = Path(args.out).expanduser().resolve()
     cache = Path(args.cache_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -84,26 +82,18 @@ def run_demo(args: argparse.Namespace) -> int:
     steps.end(str(data))
 
     base_info: dict = {}
-    codec_info: dict = {}
     if args.base:
-        steps.begin(STEPS[1], f"skipped: the base {args.base} brings its own")
-        steps.end()
-        steps.begin(STEPS[2], f"skipped: extending {args.base}")
+        steps.begin(STEPS[1], f"skipped: extending {args.base}")
         base_ref = args.base
         steps.end()
     else:
-        steps.begin(STEPS[1], f"tiny EnCodec, {args.codec} "
-                    f"({sizes.codec_epochs} epochs x {sizes.codec_updates} updates, CompressionSolver)"
-                    if args.codec == 'train' else "tiny EnCodec, random weights")
-        codec, codec_info = make_codec(cache, data, sizes, args, steps)
-        steps.end('cached' if codec_info['cached'] else '')
-        steps.begin(STEPS[2], f"{sizes.base_layers} layers, dim {sizes.base_dim}, {sizes.base_epochs} epochs x "
-                    f"{sizes.base_updates} updates with AudioCraft's MusicGenSolver")
-        base_dir, base_info = make_base(cache, data, codec, sizes, args, steps)
+        folder = Path(args.pretrained).expanduser().resolve()
+        steps.begin(STEPS[1], f"tiny EnCodec and MusicGen from {folder}")
+        base_dir, base_info = pretrained_base(cache, data, folder, args.no_cache, steps)
         base_ref = str(base_dir)
         steps.end('cached' if base_info['cached'] else '')
 
-    steps.begin(STEPS[3], f"{sizes.new_layers} new layer(s), {sizes.extension_epochs} epochs x "
+    steps.begin(STEPS[2], f"{sizes.new_layers} new layer(s), {sizes.extension_epochs} epochs x "
                 f"{sizes.extension_updates} updates")
     dora_dir = out / 'dora'
     argv = extension_run_argv(base_ref, data, dora_dir, sizes, args)
@@ -111,23 +101,21 @@ def run_demo(args: argparse.Namespace) -> int:
     timing = run_subprocess('audiocraft_ext.train', argv, logs / 'train.log', steps)
     steps.end(f"XP {xp.name}")
 
-    steps.begin(STEPS[4], f"ExtendedMusicGen.get_pretrained, {sizes.prompts} prompts per domain")
+    steps.begin(STEPS[3], f"ExtendedMusicGen.get_pretrained, {sizes.prompts} prompts per domain")
     model_file = ExtendedMusicGen.from_solver_checkpoint(xp, state='best', device=args.device).save(
         out / 'model.safetensors')
     steps.print(f"      exported the best state to {model_file}")
     generation = generate_clips(model_file, data, out, sizes, args.seed, args.device, steps)
+    audible = audible_measure(data, generation['clips'], generation['sample_rate'], generation['duration'])
     steps.end()
 
-    steps.begin(STEPS[5], "python -m audiocraft_ext.evaluate")
+    steps.begin(STEPS[4], "python -m audiocraft_ext.evaluate")
     metrics = run_evaluate(xp, dora_dir, data, logs / 'evaluate.log', steps)
     shutil.copy(metrics['_path'], out / 'metrics.json')
     steps.end()
 
-    steps.begin(STEPS[6])
+    steps.begin(STEPS[5])
     histories = {'extension on the new domain': read_history(xp)}
-    if base_info:
-        histories = {'base on the old domain (MusicGenSolver)': json.loads(
-            (Path(base_ref).parent / 'history.json').read_text()), **histories}
     loss_plot = plot_loss_curves(histories, out / 'plots' / 'loss_curves.png')
     sweep_plot = metrics.get('plots', {}).get('scale_sweep')
     if sweep_plot and Path(sweep_plot).exists() and Path(sweep_plot).parent != out / 'plots':
@@ -137,9 +125,9 @@ def run_demo(args: argparse.Namespace) -> int:
     summary = {
         'out': str(out), 'quick': bool(args.quick), 'seed': args.seed, 'sizes': asdict(sizes),
         'base': {'reference': base_ref, 'embedded': not args.base, 'cached': base_info.get('cached'),
-                 'train_s': base_info.get('train_s')},
-        # the embedded codec's tokens on both domains' held-out clips (codec_health)
-        'codec': ({key: codec_info[key] for key in ('kind', 'codes_used', 'perplexity')} if codec_info else None),
+                 'pretrained': base_info.get('folder')},
+        # the pretrained codec's tokens on both domains' held-out clips (codec_health)
+        'codec': ({key: base_info[key] for key in ('codes_used', 'perplexity')} if base_info else None),
         'xp': str(xp), 'model': str(model_file),
         'trainable_params': generation['trainable'], 'total_params': generation['total'],
         'trainable_fraction': generation['trainable'] / generation['total'],
@@ -149,6 +137,8 @@ def run_demo(args: argparse.Namespace) -> int:
         'gain_new': ce['new']['base'] - ce['new']['extended'],
         'forgetting_old': ce['old']['extended'] - ce['old']['base'],
         'forgetting_control': forgetting_control_defaults(),
+        # how new-domain the generated clips sound (evaluation.domain_classifier), per caption domain
+        'audible': audible,
         'clips': generation['clips'], 'clip_duration': generation['duration'],
         'generation_params': generation['generation_params'], 'data': str(data),
         'plots': {'loss_curves': str(loss_plot), 'scale_sweep': sweep_plot},

@@ -70,11 +70,19 @@ def write_demo_report(out: tp.Union[str, Path], summary: dict, metrics: dict,
                   **(summary.get('generation_params') or {})},
         'demo data': summary.get('data'), 'demo sizes': sizes,
     })
+    subtitle = ("A tiny MusicGen pretrained on Bach chorales (the old domain), new layers trained for minutes on "
+                "Irish dance tunes (the new one), all music rendered from public-domain scores; each row's last clip "
+                "is the dataset's.")
+    audible = summary.get('audible')
+    if audible:
+        subtitle += (f" How new-domain the clips for new-domain captions sound, as a classifier of real clips scores "
+                     f"them (log-odds of the new domain; {100 * audible['accuracy']:.0f}% right on held-out real clips, "
+                     f"which score {audible['reference']['old']:+.1f} old and {audible['reference']['new']:+.1f} new): "
+                     f"base {audible['new']['base']:+.1f}, extended {audible['new']['extended']:+.1f}.")
     return write_report(
         Path(folder) if folder is not None else out / REPORT_DIR,
         title=f"audiocraft-ext demo: a frozen base + {sizes['new_layers']} new layer(s)",
-        subtitle="Tiny models trained for a minute or two on music rendered from public-domain scores "
-                 "(old domain: Bach chorales; new: Irish dance tunes); each row's last clip is the dataset's.",
+        subtitle=subtitle,
         rows=demo_rows(out, summary), metrics=metrics,
         plots={'cross entropy vs extension_scale': _local(out, summary, plots.get('scale_sweep')),
                'training and validation cross entropy per epoch': _local(out, summary, plots.get('loss_curves'))},

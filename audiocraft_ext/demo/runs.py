@@ -13,6 +13,7 @@ import hydra
 
 from .. import train
 from .arguments import Sizes
+from .artefacts import REPLAY_PROMPTS
 from .progress import CondensedLog, Steps, condensed_stderr
 
 
@@ -79,9 +80,10 @@ def common_overrides(args: argparse.Namespace, sizes: Sizes) -> tp.List[str]:
 
 def extension_run_argv(base: str, data: Path, dora_dir: Path, sizes: Sizes, args: argparse.Namespace) -> tp.List[str]:
     """The overrides of `python -m audiocraft_ext.train` for the extension run (small CPU sizes; the forgetting
-    control's defaults, its replay set kept in the demo's cache)."""
+    control's defaults, its replay set kept in the demo's cache, from the captions the base was trained on)."""
     return ['--config=solver/extended_musicgen', f'pretrained_model_checkpoint={base}', 'dset=audio/egs',
             f'replay.cache_dir={Path(args.cache_dir).expanduser().resolve() / "replay"}',
+            f'replay.prompts={data / REPLAY_PROMPTS}',
             f'egs_root={data / "egs" / "new"}', f'dora.dir={dora_dir}', *common_overrides(args, sizes),
             f'extended_model.num_additional_layers={sizes.new_layers}',
             f'dataset.segment_duration={sizes.segment}', 'dataset.min_segment_ratio=0.8',

@@ -28,15 +28,15 @@ def print_summary(summary: dict, generation: dict, steps: Steps) -> None:
     rel = lambda path: os.path.relpath(path) if not os.path.relpath(path).startswith('..') else path  # noqa: E731
     base = summary['base']
     control = summary['forgetting_control']
-    base_line = (f"tiny MusicGen, {generation['num_base_layers']} layers, trained on the old domain "
-                 f"by MusicGenSolver ({'cached' if base['cached'] else format_seconds(base['train_s'])})"
-                 if base['embedded'] else base['reference'])
+    audible = summary['audible']
+    base_line = (f"tiny MusicGen, {generation['num_base_layers']} layers, pretrained on the old domain "
+                 f"by MusicGenSolver ({base['pretrained']})" if base['embedded'] else base['reference'])
     width = 78
     lines = [
         '=' * width,
         f"Frozen base + {generation['num_additional_layers']} new layer(s), trained on the new domain",
         f"  base          {base_line}",
-        *([f"  tokenizer     {summary['codec']['kind']} tiny EnCodec: codes used per codebook "
+        *([f"  tokenizer     tiny EnCodec: codes used per codebook "
            f"{'/'.join(map(str, summary['codec']['codes_used']))} of {generation['cardinality']} "
            f"(perplexity {'/'.join(f'{p:.0f}' for p in summary['codec']['perplexity'])}) on held-out clips"]
           if summary['codec'] else []),
@@ -51,6 +51,10 @@ def print_summary(summary: dict, generation: dict, steps: Steps) -> None:
         f"  ({ce['old']['extended'] - ce['old']['base']:+.3f})",
         f"  gain          {summary['gain_new']:+.3f} nats/token on the new domain (base - extended)",
         f"  forgetting    {summary['forgetting_old']:+.3f} nats/token on the old domain (extended - base)",
+        f"  sounds new    {audible['new']['base']:+.1f} base -> {audible['new']['extended']:+.1f} extended: new-domain "
+        f"score of the clips for new-domain captions",
+        f"                (log-odds of a classifier of real clips, {100 * audible['accuracy']:.0f}% right on held-out ones, "
+        f"which score {audible['reference']['old']:+.1f} old, {audible['reference']['new']:+.1f} new)",
         f"  forgetting control  replay of {control['replay_source']} (ratio {control['replay_ratio']:g}) + KL "
         f"to the base's logits (weight {control['distill_weight']:g}): the solver's defaults",
         f"  audio         {rel(summary['out'])}/audio/{{extended,base}}/{{new,old}}_*.wav "
