@@ -1,4 +1,4 @@
-"""The package's shape (issue 15): imports go one way (import-linter's layer contract in
+"""The package's shape: imports go one way (import-linter's layer contract in
 pyproject.toml), and our own modules are imported at the top of a file, where a reader sees them,
 except in the command-line front ends that defer heavy imports to keep `--help` instant."""
 import ast

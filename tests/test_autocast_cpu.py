@@ -1,4 +1,4 @@
-"""GPU code paths that also run on a CPU, run here (issue 16): training under autocast (bfloat16,
+"""GPU code paths that also run on a CPU, run here: training under autocast (bfloat16,
 and float16 with its GradScaler), the frozen base stored in float16 under autocast, and
 generation under autocast, so a user's first GPU run is not the first run of that code.
 

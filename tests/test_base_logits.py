@@ -1,4 +1,4 @@
-"""The frozen base's logits from the same forward as the extended ones (issue 13), and the KL to them."""
+"""The frozen base's logits from the same forward as the extended ones, and the KL to them."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""ExtendedLMModel (issue 3): frozen base, exact start, extension_scale, streaming, layer arguments.
+"""ExtendedLMModel: frozen base, exact start, extension_scale, streaming, layer arguments.
 
 The frozen base keeps no activation for backward and gets no gradient: this is where the extended
 model's speed and memory win over full fine-tuning comes from (docs/BENCHMARKS.md measures it).

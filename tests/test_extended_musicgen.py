@@ -1,4 +1,4 @@
-"""ExtendedMusicGen (issue 3): every MusicGen generation mode, extension_scale through
+"""ExtendedMusicGen: every MusicGen generation mode, extension_scale through
 set_generation_params, and export to stock AudioCraft."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Feature cache of the frozen base (issue 7): a hit is exactly what the base computes, misses are
+"""Feature cache of the frozen base: a hit is exactly what the base computes, misses are
 computed and stored, generation never uses it, and bad entries or a full cache never break a step."""
 import pytest
 import torch

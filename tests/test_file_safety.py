@@ -1,4 +1,4 @@
-"""Files people share cannot hurt them (issue 14).
+"""Files people share cannot hurt them.
 
 - A pickle payload that would create a marker file, planted in every kind of file we read, never
   runs on any loading path, even with `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` (the environment variable

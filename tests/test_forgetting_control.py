@@ -1,4 +1,4 @@
-"""Forgetting control (issue 13): the base's own generations as a replay set, replay batches in the
+"""Forgetting control: the base's own generations as a replay set, replay batches in the
 configured ratio, KL to the base's logits, in a plain loop and through the solver's config keys."""
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The GPU run (benchmarks/gpu/, issue 18) cannot rot while no GPU is lent: every step of its CPU dry
+"""The GPU run (benchmarks/gpu/) cannot rot while no GPU is lent: every step of its CPU dry
 run runs here as the driver would run it (tiny shapes, no timing checked), the driver records a
 failing or hanging step and goes on, and the pieces the bare GPU machine depends on hold."""
 import importlib.util

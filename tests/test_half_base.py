@@ -1,4 +1,4 @@
-"""A frozen base stored in float16 (`ExtendedLMModel.store_base_in`, `extended_model.base_dtype`, issue 7).
+"""A frozen base stored in float16 (`ExtendedLMModel.store_base_in`, `extended_model.base_dtype`).
 
 The reference for every comparison is the same model whose base transformer weights were rounded
 to float16 but kept in float32: storing them in float16 must change memory, not results.

@@ -1,4 +1,4 @@
-"""AudioCraft's own MusicGen and streaming tests, run on the extended model (issue 16).
+"""AudioCraft's own MusicGen and streaming tests, run on the extended model.
 
 AudioCraft 1.3.0 tests `MusicGen` in `tests/models/test_musicgen.py` of its GitHub repository (the
 PyPI source distribution does not ship it) on `MusicGen.get_pretrained('debug')`, and streaming in

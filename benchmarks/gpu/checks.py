@@ -1,4 +1,4 @@
-"""Correctness checks of the CUDA paths (issue 18), one step of `driver.py` each.
+"""Correctness checks of the CUDA paths, one step of `driver.py` each.
 
     python benchmarks/gpu/checks.py versions --json OUT.json
     python benchmarks/gpu/checks.py correctness --device cuda --json OUT.json [--tiny]

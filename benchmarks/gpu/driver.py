@@ -1,4 +1,4 @@
-"""The GPU run of issue 18: every step bounded in time, printed as it goes, all results in one JSON.
+"""The GPU run: every step bounded in time, printed as it goes, all results in one JSON.
 
     python benchmarks/gpu/driver.py --out DIR                 # on the GPU machine (run_gpu.sh calls it)
     python benchmarks/gpu/driver.py --out DIR --dry-run-cpu   # tiny shapes on CPU: catches typos
