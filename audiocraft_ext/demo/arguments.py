@@ -4,8 +4,6 @@ from dataclasses import asdict, dataclass
 import os
 from pathlib import Path
 
-from ..models.shipped import PRETRAINED_DIR
-
 
 @dataclass
 class Sizes:
@@ -34,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--base', metavar='PATH_OR_ID',
                         help='extend this pretrained MusicGen (Hugging Face id, exported directory, '
                              'checkpoint.th) instead of the tiny one shipped with the package')
-    parser.add_argument('--pretrained', metavar='DIR', default=str(PRETRAINED_DIR),
+    parser.add_argument('--pretrained', metavar='DIR',
                         help='the tiny codec and base to extend, as scripts/make_pretrained.py writes them '
-                             '(default: the ones shipped with the package)')
+                             '(default: the ones shipped with the package, audiocraft_ext/pretrained)')
     parser.add_argument('--cache-dir', default=os.environ.get(
         'AUDIOCRAFT_EXT_DEMO_CACHE', str(Path.home() / '.cache' / 'audiocraft-ext' / 'demo')),
         help='where the data, compression model and base are cached (default: %(default)s)')

@@ -40,6 +40,7 @@ import shutil
 
 from ..evaluation.plots import plot_loss_curves
 from ..models.extended_musicgen import ExtendedMusicGen, load_base
+from ..models.shipped import PRETRAINED_DIR
 from .arguments import sizes_from_args
 from .artefacts import make_data
 from .audible import audible_measure
@@ -87,7 +88,7 @@ def run_demo(args: argparse.Namespace) -> int:
         base_ref = args.base
         steps.end()
     else:
-        folder = Path(args.pretrained).expanduser().resolve()
+        folder = Path(args.pretrained).expanduser().resolve() if args.pretrained else PRETRAINED_DIR
         steps.begin(STEPS[1], f"tiny EnCodec and MusicGen from {folder}")
         base_dir, base_info = pretrained_base(cache, data, folder, args.no_cache, steps)
         base_ref = str(base_dir)
