@@ -1,6 +1,6 @@
 """The tiny pretrained MusicGen shipped with the package (`models.shipped`): its files are what their
 recipe says, stock AudioCraft loads it, a damaged file is refused, and scripts/make_pretrained.py
-rebuilds a base as the docs say."""
+rebuilds a base that the demo extends, as the docs say."""
 import json
 from pathlib import Path
 import shutil
@@ -13,6 +13,7 @@ import safetensors
 import torch
 
 from audio_checks import assert_audible
+from audiocraft_ext import cli
 from audiocraft_ext.io.errors import CheckpointError
 from audiocraft_ext.models.shipped import FILES, PRETRAINED_DIR, export_pretrained, read_part, read_recipe
 
@@ -72,3 +73,9 @@ def test_make_pretrained_rebuilds_a_base_with_the_shipped_codec(tmp_path):
         assert all(torch.equal(rebuilt.get_tensor(k), shipped.get_tensor(k)) for k in shipped.keys())
     assert read_part('base_lm', out)['best_state'].keys() == read_part('base_lm')['best_state'].keys()
     assert json.loads((out / 'recipe.json').read_text())['made_by'] == 'scripts/make_pretrained.py'
+    # `audiocraft-ext demo --pretrained DIR` extends the rebuilt base (README).
+    demo_out = tmp_path / 'demo'
+    assert cli.main(['demo', '--quick', '--pretrained', str(out), '--out', str(demo_out),
+                     '--cache-dir', str(tmp_path / 'cache')]) == 0
+    summary = json.loads((demo_out / 'summary.json').read_text())
+    assert summary['base']['pretrained'] == str(out.resolve())
