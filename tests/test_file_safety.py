@@ -22,6 +22,7 @@ import torch
 
 from audiocraft.models import MusicGen
 
+from hub_cache import hub_repo
 from audiocraft_ext import ExtendedMusicGen, cli, evaluate
 from audiocraft_ext.io import extension_files
 from audiocraft_ext.io.errors import CheckpointError, IntegrityError, OverwriteError, UnsafeFileError
@@ -369,22 +370,11 @@ def test_a_run_signature_needs_its_dora_folder_in_the_api():
 
 # ---- the hub ------------------------------------------------------------------------------------
 
-def _hub_repo(cache: Path, repo_id: str, files: tp.Dict[str, Path], commit: str = 'a' * 40) -> None:
-    """A repo in huggingface_hub's cache layout, as a download leaves it."""
-    folder = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = folder / 'snapshots' / commit
-    snapshot.mkdir(parents=True)
-    for name, source in files.items():
-        shutil.copy(source, snapshot / name)
-    (folder / 'refs').mkdir()
-    (folder / 'refs' / 'main').write_text(commit)
-
-
 def test_hub_ids_load_offline_from_a_filled_cache(exported_bases, tmp_path, monkeypatch, model_logits,
                                                   perturb_extension):
     import huggingface_hub.constants
     cache = tmp_path / 'hub'
-    _hub_repo(cache, 'someone/tiny-musicgen', {name: exported_bases['text'] / name
+    hub_repo(cache, 'someone/tiny-musicgen', {name: exported_bases['text'] / name
                                                for name in (LM_FILE, COMPRESSION_FILE)})
     monkeypatch.setenv('AUDIOCRAFT_CACHE_DIR', str(cache))
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
@@ -394,7 +384,7 @@ def test_hub_ids_load_offline_from_a_filled_cache(exported_bases, tmp_path, monk
     expected = model_logits(model)
     # What save(dir) writes is what one uploads: an extension-only directory pointing to the base repo, in its own repo.
     extension_only = model.save(tmp_path / 'upload', include_base=False)
-    _hub_repo(cache, 'someone/tiny-extension', {p.name: p for p in extension_only.iterdir()})
+    hub_repo(cache, 'someone/tiny-extension', {p.name: p for p in extension_only.iterdir()})
     loaded = ExtendedMusicGen.get_pretrained('someone/tiny-extension', device='cpu')
     assert torch.equal(model_logits(loaded), expected)
     assert loaded.base_reference == 'someone/tiny-musicgen'

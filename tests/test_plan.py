@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import typing as tp
 
 import pytest
 
+from doc_blocks import documented_block
+from hub_cache import hub_repo
 from audiocraft_ext import cli
 from audiocraft_ext.io.exported_layout import COMPRESSION_FILE, LM_FILE
 from audiocraft_ext.models import memory_plan
@@ -34,13 +35,8 @@ COMMAND = str(Path(sys.executable).parent / 'audiocraft-ext')
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 
 
-def documented_block(name: str) -> str:
-    """The fenced block that follows `<!-- one_gpu:NAME -->` in docs/ONE_GPU.md."""
-    text = PAGE.read_text()
-    start = text.index(f'<!-- one_gpu:{name} -->')
-    fence = text.index('```', start)
-    body = text.index('\n', fence) + 1
-    return text[body:text.index('```', body)]
+def _block(name: str) -> str:
+    return documented_block(PAGE, f'one_gpu:{name}')
 
 
 def documented_table(name: str) -> str:
@@ -52,7 +48,7 @@ def documented_table(name: str) -> str:
 
 def documented_command(name: str) -> tp.List[str]:
     """The one command of block `name`, continuation lines joined, as argv."""
-    lines = [line for line in documented_block(name).replace('\\\n', ' ').splitlines() if line.strip()]
+    lines = [line for line in _block(name).replace('\\\n', ' ').splitlines() if line.strip()]
     assert len(lines) == 1, lines
     return shlex.split(lines[0])
 
@@ -83,12 +79,12 @@ def test_the_documented_plan_runs_offline_and_prints_both_peaks_and_a_fitting_ba
     assert 0 < extension < full < 100
     largest = re.search(r'^largest batch that fits +(\d+) +(\d+)$', out, re.M)
     assert largest and int(largest.group(1)) >= 8 >= int(largest.group(2)) >= 1, out
-    assert out == documented_block('plan-24-output')  # the page shows what it prints
+    assert out == _block('plan-24-output')  # the page shows what it prints
     assert (sorted(hub.rglob('*')) if hub.exists() else []) == before  # nothing downloaded
 
 
 def test_the_80_gib_plan_and_the_tables_of_the_page(capsys):
-    assert run_cli(documented_command('plan-80'), capsys) == documented_block('plan-80-output')
+    assert run_cli(documented_command('plan-80'), capsys) == _block('plan-80-output')
     assert documented_table('table') == largest_batch_table()
     assert documented_table('layers') == new_layers_table()
 
@@ -183,17 +179,6 @@ def test_a_run_whose_step_does_not_fit_stops_before_loading_data(exported_bases,
 
 # ---- docs/ONE_GPU.md: training, sharing ---------------------------------------------------------
 
-def hub_repo(cache: Path, repo_id: str, files: tp.Dict[str, Path], commit: str = 'a' * 40) -> None:
-    """A repo in huggingface_hub's cache layout, as a download leaves it."""
-    folder = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = folder / 'snapshots' / commit
-    snapshot.mkdir(parents=True)
-    for name, source in files.items():
-        shutil.copy(source, snapshot / name)
-    (folder / 'refs').mkdir()
-    (folder / 'refs' / 'main').write_text(commit)
-
-
 @pytest.mark.usefixtures('dora_dir')
 def test_the_pages_training_export_and_sharing_commands(exported_bases, build_solver, tmp_path, monkeypatch, capsys):
     """prepare-data, training (the solver built: base loaded, plan checked, data checked), export of a
@@ -224,10 +209,10 @@ def test_the_pages_training_export_and_sharing_commands(exported_bases, build_so
     monkeypatch.setattr(huggingface_hub.HfApi, 'create_repo', lambda self, repo_id, **kwargs: repo_id)
     monkeypatch.setattr(huggingface_hub.HfApi, 'upload_folder',
                         lambda self, folder_path, repo_id, **kwargs: uploaded.setdefault(repo_id, Path(folder_path)))
-    exec(compile(documented_block('upload.py'), 'upload.py', 'exec'), {})
+    exec(compile(_block('upload.py'), 'upload.py', 'exec'), {})
     (repo_id, folder), = uploaded.items()
     hub_repo(cache, repo_id, {path.name: path for path in folder.iterdir()})
     namespace: tp.Dict[str, tp.Any] = {}
-    exec(compile(documented_block('load.py'), 'load.py', 'exec'), namespace)
+    exec(compile(_block('load.py'), 'load.py', 'exec'), namespace)
     model = namespace['model']
     assert model.lm.num_additional_layers == 12 and model.base_reference == 'facebook/musicgen-small'

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from audio_checks import assert_audible
+from doc_blocks import documented_block
 from audiocraft_ext.data.synth_dataset import write_tone_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,18 +29,9 @@ RUN_FOLDER = re.compile(r'All XP logs are stored in (\S+)/xps/(\w+)')
 pytestmark = pytest.mark.slow
 
 
-def documented_block(marker: str) -> str:
-    """The fenced code block that follows `<!-- quickstart:MARKER -->` in docs/TRAINING.md."""
-    text = DOCS.read_text()
-    start = text.index(f'<!-- quickstart:{marker} -->')
-    fence = text.index('```', start)
-    body = text.index('\n', fence) + 1
-    return text[body:text.index('```', body)]
-
-
 def documented_commands() -> tp.List[str]:
     """The shell commands of the quick start, continuation lines joined."""
-    return [line for line in documented_block('commands').replace('\\\n', ' ').splitlines() if line.strip()]
+    return [line for line in documented_block(DOCS, 'quickstart:commands').replace('\\\n', ' ').splitlines() if line.strip()]
 
 
 def shell(command: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -71,7 +63,7 @@ def quickstart(user_folder) -> tp.Dict[str, tp.Any]:
     assert [c.split()[:3] for c in commands] == [
         ['audiocraft-ext', 'prepare-data', 'my_music'], ['python', '-m', 'audiocraft_ext.train'],
         ['audiocraft-ext', 'export', 'SIG'], ['python', 'generate.py'], ['python', '-m', 'audiocraft_ext.evaluate']]
-    (user_folder / 'generate.py').write_text(documented_block('generate.py'))
+    (user_folder / 'generate.py').write_text(documented_block(DOCS, 'quickstart:generate.py'))
     outputs: tp.Dict[str, tp.Any] = {}
     sig = None
     for command in commands:

@@ -21,6 +21,7 @@ from audio_checks import assert_audible
 import audiocraft.modules.conditioners as audiocraft_conditioners
 from audiocraft.modules.conditioners import ConditioningAttributes
 
+from doc_blocks import documented_block
 from audiocraft_ext import cli
 from audiocraft_ext.io.base_reference import SOLVER_CHECKPOINT_FORMAT
 from audiocraft_ext.io.errors import OverwriteError
@@ -226,14 +227,6 @@ def test_a_stereo_base(tmp_path):
 
 # --- the documented commands, and refusals ------------------------------------------------------------
 
-def documented_block(marker: str) -> str:
-    """The fenced block after `<!-- transformers-export:MARKER -->` in docs/USAGE.md."""
-    text = USAGE.read_text()
-    start = text.index(f'<!-- transformers-export:{marker} -->')
-    body = text.index('\n', text.index('```', start)) + 1
-    return text[body:text.index('```', body)]
-
-
 def write_run(base_dir: Path, model: ExtendedMusicGen, folder: Path) -> Path:
     """A checkpoint.th of our solver's run (the layout io/solver_checkpoints.py documents) on `base_dir`."""
     folder.mkdir(parents=True)
@@ -252,7 +245,7 @@ def test_documented_commands_export_a_run_and_generate_audio(base, tmp_path, mon
     write_run(base_dir, model, tmp_path / 'runs' / 'xps' / 'ab12cd34')
     model.save(tmp_path / 'extended.safetensors')
     monkeypatch.chdir(tmp_path)
-    commands = documented_block('commands').replace('\\\n', ' ').splitlines()
+    commands = documented_block(USAGE, 'transformers-export:commands').replace('\\\n', ' ').splitlines()
     assert [shlex.split(line)[:2] for line in commands if line.strip()] == [['audiocraft-ext', 'export']] * 2
     cards = []
     for line in filter(str.strip, commands):
@@ -268,14 +261,14 @@ def test_documented_commands_export_a_run_and_generate_audio(base, tmp_path, mon
     assert (transformers_logits(hf, sequence, CAPTIONS) - audiocraft_logits(model.lm, sequence, CAPTIONS)).abs().max() \
         < TOLERANCE
 
-    exec(documented_block('export'), {})  # the Python API, from the saved extension
+    exec(documented_block(USAGE, 'transformers-export:export'), {})  # the Python API, from the saved extension
     assert '40 Irish dance tunes' in (tmp_path / 'musicgen-extended' / 'README.md').read_text()
     generation = json.loads((tmp_path / 'musicgen-extended' / 'generation_config.json').read_text())
     assert generation['max_length'] == 8 * 50 + 4 and generation['guidance_scale'] == 3.0
     assert generation['do_sample'] and generation['top_k'] == 250 and generation['temperature'] == 1.0
 
     names: tp.Dict[str, tp.Any] = {}
-    exec(documented_block('use'), names)  # pipeline and generate, offline
+    exec(documented_block(USAGE, 'transformers-export:use'), names)  # pipeline and generate, offline
     frames = 1 + 256 - 4  # with the start token, minus the delay pattern's 4 codebooks
     assert names['sampling_rate'] == 16000 and names['clip'].shape == (frames * 320,)
     assert_audible(names['clip'], 'the pipeline\'s clip')
