@@ -37,12 +37,12 @@ sys.path.insert(0, str(REPO))
 
 from audiocraft.models import builders  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-import soundfile  # noqa: E402
 import torch  # noqa: E402
 
 from audiocraft_ext import CONFIG_DIR  # noqa: E402
 from audiocraft_ext.data.score_dataset import write_score_dataset  # noqa: E402
 from audiocraft_ext.data.score_domains import DOMAINS, SCORE_SET_VERSION  # noqa: E402
+from audiocraft_ext.demo.artefacts import read_clips, split_paths, stack_clips  # noqa: E402
 from audiocraft_ext.demo.bases import export_base  # noqa: E402
 from audiocraft_ext.demo.codec_training import CodecRecipe, held_out_mel, train_codec  # noqa: E402
 from audiocraft_ext.demo.runs import run_logged  # noqa: E402
@@ -56,27 +56,12 @@ BASE = {'dim': 128, 'num_heads': 4, 'num_layers': 4, 'updates': 3000, 'lr': 2e-3
         'batch_size': 16, 'segment': 2.0}
 
 
-def clips(root: Path, domains, split: str):
-    """The clips of `split` of `domains`, as mono float32 arrays."""
-    wavs = []
-    for domain in domains:
-        for line in (root / 'egs' / domain / split / 'data.jsonl').read_text().splitlines():
-            if line.strip():
-                wavs.append(soundfile.read(json.loads(line)['path'], dtype='float32')[0])
-    return wavs
-
-
-def stack(wavs) -> torch.Tensor:
-    length = min(len(w) for w in wavs)
-    return torch.stack([torch.from_numpy(w[:length]) for w in wavs])[:, None]
-
-
 def make_codec(data: Path, held_out: torch.Tensor, updates: int):
     """Step 2: (config YAML, trained codec, what it measured)."""
     codec_cfg = OmegaConf.load(CONFIG_DIR / 'solver' / 'demo_compression.yaml')
     recipe = CodecRecipe(updates=updates)
     start = time.monotonic()
-    codec = train_codec(codec_cfg, clips(data, DOMAINS, 'train'), recipe, evaluate=held_out[::4],
+    codec = train_codec(codec_cfg, read_clips(split_paths(data, DOMAINS, 'train')), recipe, evaluate=held_out[::4],
                         log=lambda line: print('codec ' + line, flush=True))
     train_s = time.monotonic() - start
     usage = check_codec_health(codec, held_out, 'trained by scripts/make_pretrained.py')
@@ -116,7 +101,7 @@ def main() -> int:
         (data / 'done').write_text('')
     print(f"data: {data} ({time.monotonic() - started:.0f} s)", flush=True)
 
-    held_out = stack(clips(data, DOMAINS, 'evaluate'))
+    held_out = stack_clips(read_clips(split_paths(data, DOMAINS, 'evaluate')))
     if args.codec_from:
         package = read_part('codec', Path(args.codec_from).resolve())
         codec_yaml, codec = package['xp.cfg'], build_compression_model(package, 'cpu')

@@ -12,6 +12,10 @@ from pathlib import Path
 import shutil
 import typing as tp
 
+import numpy as np
+import soundfile
+import torch
+
 from .. import CONFIG_DIR
 from ..data.splits import SPLITS
 from ..data.score_dataset import write_score_dataset
@@ -93,3 +97,21 @@ def base_captions(root: Path) -> tp.List[str]:
         if caption not in captions:
             captions.append(caption)
     return captions
+
+
+def split_paths(root: Path, domains: tp.Sequence[str], split: str) -> tp.List[str]:
+    """The audio files of `split` of each of `domains`, in manifest order."""
+    lines = [line for domain in domains
+             for line in (root / 'egs' / domain / split / 'data.jsonl').read_text().splitlines() if line.strip()]
+    return [json.loads(line)['path'] for line in lines]
+
+
+def read_clips(paths: tp.Sequence[tp.Union[str, Path]]) -> tp.List[np.ndarray]:
+    """Each file of `paths` as a mono float32 array (channels averaged)."""
+    return [soundfile.read(str(path), dtype='float32', always_2d=True)[0].mean(axis=1) for path in paths]
+
+
+def stack_clips(wavs: tp.Sequence[np.ndarray], length: tp.Optional[int] = None) -> torch.Tensor:
+    """[B, 1, T] of `wavs`, cut to the shortest (or to `length` samples)."""
+    length = min([len(w) for w in wavs] + ([length] if length else []))
+    return torch.from_numpy(np.stack([w[:length] for w in wavs]))[:, None]

@@ -1,21 +1,18 @@
 """What the demo's extension run starts from: the tiny pretrained MusicGen shipped with the package
 (`models.shipped`, made by scripts/make_pretrained.py), written once into AudioCraft's exported
 layout in the cache and its tokenizer checked on the demo's held-out clips."""
-import json
 from pathlib import Path
 import typing as tp
 
-import numpy as np
 from omegaconf import OmegaConf
-import soundfile
-import torch
 
 from ..io.exported_layout import COMPRESSION_FILE, exported_package, read_exported_file, write_exported
 from ..io.torch_files import read_torch_file
 from ..models.bases import build_compression_model
 from ..models.codec_health import check_codec_health
+from ..data.score_domains import DOMAINS
 from ..models.shipped import export_pretrained, read_recipe
-from .artefacts import DEMO_VERSION, key, mark_done, reuse_or_clear
+from .artefacts import DEMO_VERSION, key, mark_done, read_clips, reuse_or_clear, split_paths, stack_clips
 from .progress import Steps
 
 
@@ -32,17 +29,10 @@ def pretrained_base(cache: Path, data: Path, folder: Path, no_cache: bool, steps
         info = {**params, 'cached': False}
         mark_done(root, params)
     codec = build_compression_model(read_exported_file(exported / COMPRESSION_FILE), 'cpu')
-    usage = check_codec_health(codec, clips(data, 'evaluate'), f"of {folder}")
+    usage = check_codec_health(codec, stack_clips(read_clips(split_paths(data, DOMAINS, 'evaluate'))),
+                               f"of {folder}")
     return exported, {**info, 'folder': str(folder),
                       'codes_used': [u.used for u in usage], 'perplexity': [round(u.perplexity, 1) for u in usage]}
-
-
-def clips(data: Path, split: str) -> torch.Tensor:
-    """Every clip of both domains' `split` as [B, 1, T] (cut to the shortest)."""
-    lines = (data / 'egs' / 'all' / split / 'data.jsonl').read_text().splitlines()
-    wavs = [soundfile.read(json.loads(line)['path'], dtype='float32')[0] for line in lines if line.strip()]
-    length = min(len(w) for w in wavs)
-    return torch.from_numpy(np.stack([w[:length] for w in wavs]))[:, None]
 
 
 def export_base(checkpoint: Path, codec: Path, exported: Path, max_duration: float = 30.0) -> Path:
