@@ -18,5 +18,6 @@ test:
 	@bash scripts/setup.sh --browser
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
+# EXTRAS="tensorboard wandb metrics": optional extras of pyproject.toml, kept for every later `make`.
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh $(if $(EXTRAS),--extras "$(EXTRAS)")

@@ -10,20 +10,26 @@
 #   3. The locked environment (`uv sync --frozen --extra test`) in a venv outside the repository,
 #      ${AUDIOCRAFT_EXT_VENV:-$HOME/.cache/audiocraft-ext/venv}, so every checkout finds it warm.
 #   4. Once per (FFmpeg version, uv.lock): a check that torchcodec really loads FFmpeg.
+#      With --extras "NAME ...", also those optional extras of pyproject.toml (tensorboard, wandb,
+#      metrics); the names are kept in the venv, so every later run (every `make`) syncs them too.
 #   5. Only with --browser (`make test`): Debian's `chromium`, for the test that opens the HTML
 #      report in a headless browser. Failing to install it is not fatal: that test then skips
 #      and says why (it fails where CI is set). `make demo` never installs it.
 #
-# Usage: scripts/setup.sh [--browser]
+# Usage: scripts/setup.sh [--browser] [--extras "NAME ..."]   (`make setup EXTRAS="..."`)
 # Environment: AUDIOCRAFT_EXT_VENV (venv path). Prints `[setup] ...` lines.
 set -euo pipefail
 
 BROWSER=0
-for arg in "$@"; do
-    case "$arg" in
+NEW_EXTRAS=""
+while [ "$#" -gt 0 ]; do
+    case "$1" in
         --browser) BROWSER=1 ;;
-        *) printf '[setup] ERROR: unknown argument %s (usage: scripts/setup.sh [--browser])\n' "$arg" >&2; exit 2 ;;
+        --extras) [ "$#" -ge 2 ] || { printf '[setup] ERROR: --extras needs a value, e.g. --extras "tensorboard wandb"\n' >&2; exit 2; }
+                  NEW_EXTRAS="$2"; shift ;;
+        *) printf '[setup] ERROR: unknown argument %s (usage: scripts/setup.sh [--browser] [--extras "NAME ..."])\n' "$1" >&2; exit 2 ;;
     esac
+    shift
 done
 
 UV_VERSION=0.13.9
@@ -31,6 +37,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${AUDIOCRAFT_EXT_VENV:-$HOME/.cache/audiocraft-ext/venv}"
 export UV_PROJECT_ENVIRONMENT="$VENV"
 STAMP="$VENV/.audiocraft-ext-setup-ok"
+EXTRAS_FILE="$VENV/.audiocraft-ext-extras"  # the optional extras asked for once, synced every time
 
 # uv uses its own CA roots unless told otherwise; on machines whose traffic goes through a proxy
 # with a private CA, that CA is only in the system bundle. Point uv at the system bundle.
@@ -121,9 +128,17 @@ log "uv: $UV ($UV_VERSION)"
 if [ ! -x "$VENV/bin/python" ]; then
     log "creating $VENV (first time: ~8 GB of wheels, about a minute from a warm uv cache)"
 fi
+extras="$(cat "$EXTRAS_FILE" 2>/dev/null || true) ${NEW_EXTRAS//,/ }"
+extras="$(printf '%s\n' $extras | sort -u | tr '\n' ' ')"
+extra_args=(--extra test)
+for name in $extras; do
+    extra_args+=(--extra "$name")
+done
 start=$SECONDS
-(cd "$REPO" && "$UV" sync --frozen --extra test)
-log "venv: $VENV ($((SECONDS - start)) s)"
+(cd "$REPO" && "$UV" sync --frozen "${extra_args[@]}") ||
+    die "uv sync failed (extras: test ${extras:-none}; an unknown extra name? pyproject.toml lists them)."
+[ -z "${extras// /}" ] || printf '%s\n' $extras > "$EXTRAS_FILE"
+log "venv: $VENV ($((SECONDS - start)) s; extras: test ${extras})"
 
 # --- 4. torchcodec <-> FFmpeg, once per FFmpeg version and lock file ---------------------------
 ffmpeg_id="$(ffmpeg -version | head -n1)"
@@ -149,4 +164,4 @@ if [ "$BROWSER" -eq 1 ]; then
         log "browser: $(chromium --version 2>/dev/null | head -n1)"
     fi
 fi
-log "ready"
+log "ready. In a new shell, put the environment on PATH first: source $VENV/bin/activate"

@@ -168,7 +168,7 @@ def test_unavailable_audiocraft_metrics_fail_early_and_clearly():
     cfg.sample_rate = 16000
     assert audio_metrics.check_optional_metrics(cfg) == []
     cfg.evaluate.metrics.kld = True
-    with pytest.raises(RuntimeError, match='pip install hear21passt'):
+    with pytest.raises(RuntimeError, match='make setup EXTRAS=metrics'):
         audio_metrics.check_optional_metrics(cfg)
     cfg.evaluate.metrics.kld = False
     cfg.evaluate.metrics.text_consistency = True

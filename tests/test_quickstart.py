@@ -7,19 +7,17 @@ defaults are kept apart from the sizes a CPU needs: `dataset.num_workers` stays 
 valid/evaluate/generate split sizes stay as shipped (the evaluate split has no fixed size).
 """
 import json
-import os
 from pathlib import Path
 import re
 import shlex
 import subprocess
-import sys
 import typing as tp
 
 import pytest
 import torch
 
 from audio_checks import assert_audible
-from doc_blocks import documented_block
+from doc_blocks import documented_block, new_shell_env, new_shell_script
 from audiocraft_ext.data.synth_dataset import write_tone_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +33,11 @@ def documented_commands() -> tp.List[str]:
 
 
 def shell(command: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`command` through bash, with this interpreter's environment first on PATH (as after `make`)."""
-    env = dict(os.environ, PATH=f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}',
-               PYTHONWARNINGS='ignore')
+    """`command` through bash in a new shell: README's activation line, then the command."""
+    env = new_shell_env(PYTHONWARNINGS='ignore')
     env.pop('AUDIOCRAFT_EXT_DORA_DIR', None)
-    return subprocess.run(['bash', '-c', command], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(['bash', '-c', new_shell_script(command)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def succeeded(result: subprocess.CompletedProcess, command: str) -> subprocess.CompletedProcess:

@@ -142,8 +142,9 @@ def check_optional_metrics(cfg) -> tp.List[str]:
         if cfg.metrics.kld.get('model', 'passt') != 'passt':
             raise _missing('kld', f"metrics.kld.model={cfg.metrics.kld.model} is unknown (AudioCraft has 'passt')")
         if importlib.util.find_spec('hear21passt') is None:
-            raise _missing('kld', "the PaSST classifier is not installed: pip install hear21passt (its "
-                           "weights are downloaded from GitHub on first use)")
+            raise _missing('kld', "the PaSST classifier is not installed: `make setup EXTRAS=metrics` in the "
+                           "repository (or pip install hear21passt; its weights are downloaded from GitHub "
+                           "on first use)")
     if 'text_consistency' in enabled:
         if cfg.metrics.text_consistency.get('model', 'clap') != 'clap':
             raise _missing('text_consistency', "only metrics.text_consistency.model=clap exists")
