@@ -13,6 +13,7 @@ import typing as tp
 import pytest
 import torch
 
+from adaptation_checks import gain_and_forgetting
 from audiocraft.utils.autocast import TorchAutocast
 from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
@@ -59,6 +60,10 @@ def test_training_under_cpu_autocast(exported_bases, egs, autocast_dtype, base_d
     history = torch.load(xp.folder / 'checkpoint.th')['history']
     assert len(history) == 2 and all(math.isfinite(epoch['train']['ce']) for epoch in history)
     assert 'ce' in history[-1]['evaluate'] and 'rtf' in history[-1]['generate']  # both stages ran too
+    # 4 updates on the tones learn under autocast (measured for all three: gain 0.350 nats per token,
+    # forgetting of the base's held-out generations 0.025); zero learning rate gives 0 and 0.
+    gain, forgetting = gain_and_forgetting(xp.folder)
+    assert gain > 0.25 and forgetting < 0.10, (gain, forgetting)
     assert lm.base_dtype is getattr(torch, base_dtype or 'float32')
     assert all(torch.equal(lm.base_state_dict()[name], value) for name, value in base_before.items())
     assert any(not torch.equal(lm.extension_state_dict()[name], value) for name, value in extension_before.items())
