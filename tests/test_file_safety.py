@@ -332,6 +332,28 @@ def test_missing_key_wrong_shape_and_nan_each_get_their_error(exported_bases, tm
             ExtendedMusicGen.get_pretrained(directory, device='cpu')
 
 
+def test_a_config_with_a_negative_max_duration_is_refused(exported_bases, tmp_path, extended):
+    directory = extended(exported_bases['text']).save(tmp_path / 'model')
+    config_path = directory / extension_files.CONFIG_NAME
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), 'max_duration': -5.0}))
+    with pytest.raises(CheckpointError, match='max_duration=-5.0, not a positive number of seconds'):
+        ExtendedMusicGen.get_pretrained(directory, device='cpu')
+
+
+def test_prepare_data_names_a_captions_file_that_is_not_utf8(tmp_path, file_digests):
+    from audiocraft_ext.data import prepare
+    from audiocraft_ext.data.synth_dataset import write_tone_folder
+    write_tone_folder(tmp_path / 'audio', num_files=2, duration=0.5)
+    captions = tmp_path / 'latin1.csv'
+    captions.write_bytes('file,description\ntone_000.wav,caf\xe9 jazz\ntone_001.wav,tango\n'.encode('latin-1'))
+    before = file_digests(tmp_path / 'audio')
+    with pytest.raises(prepare.DataPreparationError, match='is not UTF-8 text .byte 0xe9.*iconv -f latin1'):
+        prepare.prepare_data(tmp_path / 'audio', tmp_path / 'egs', captions=captions)
+    assert file_digests(tmp_path / 'audio') == before and not (tmp_path / 'egs').exists()
+    captions.write_bytes('\ufefffile,description\ntone_000.wav,caf\xe9 jazz\ntone_001.wav,tango\n'.encode('utf-8'))
+    assert prepare.read_captions(captions)['tone_000.wav']['description'] == 'caf\xe9 jazz'  # a BOM is fine
+
+
 def test_an_altered_embedded_base_is_named_as_such(exported_bases, tmp_path, extended):
     from audiocraft_ext.io.hashing import file_sha256
     directory = extended(exported_bases['text']).save(tmp_path / 'model')

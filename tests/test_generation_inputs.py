@@ -56,11 +56,31 @@ BAD_CALLS = {
                                    RuntimeError, 'melody'),
     'melody count differs': (lambda m: m.generate_with_chroma(['a', 'b'], torch.zeros(1, 1, 800), 16000),
                              ValueError, 'one per description'),
+    'no extension to load': (lambda m: ExtendedMusicGen.get_pretrained(None), TypeError,
+                             'get_pretrained needs the extension to load'),
+    'extension_scale far past the bound': (lambda m: m.set_generation_params(extension_scale=1e30), ValueError,
+                                           'use a value from 0 to 10'),
+    'top_k above the codebook size': (lambda m: m.set_generation_params(top_k=10 ** 6), ValueError,
+                                      'top_k=1000000 is out of range: use an integer from 0 (off) to the codebook '
+                                      'size, 256'),
+    'temperature not a number': (lambda m: m.set_generation_params(temperature='hot'), TypeError,
+                                 "temperature='hot': use a number above 0"),
+    'cfg_coef NaN': (lambda m: m.set_generation_params(cfg_coef=float('nan')), ValueError,
+                     'cfg_coef=nan: use a finite number'),
+    'top_p positional above 1': (lambda m: m.set_generation_params(True, 250, 2.0), ValueError,
+                                 'top_p=2.0: use a probability'),
+    'zero prompts': (lambda m: m.generate_continuation(torch.zeros(0, 1, 800), 16000), ValueError, 'B > 0 items'),
+    'int16 prompt': (lambda m: m.generate_continuation(torch.zeros(1, 1, 800, dtype=torch.int16), 16000),
+                     TypeError, 'wav.float() / 32768'),
+    'prompt shorter than a frame': (lambda m: m.generate_continuation(torch.zeros(1, 1, 10), 1_000_000),
+                                    ValueError, 'shorter than one frame of the model\'s codec'),
 }
 
 
 @pytest.mark.parametrize('case', sorted(BAD_CALLS))
 def test_bad_generation_input_gets_a_clear_error(model, case):
     call, error, message = BAD_CALLS[case]
+    params = dict(model.generation_params)
     with pytest.raises(error, match=re.escape(message)):
         call(model)
+    assert model.generation_params == params and model.extension_scale == 1.0  # nothing half-applied

@@ -11,6 +11,7 @@ music metadata (`description`, `genre`, `moods`, `keywords`, ...; see `MusicInfo
 Train on it with `dset=audio/egs egs_root=OUT`.
 """
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -43,7 +44,14 @@ def read_captions(path: tp.Union[str, Path]) -> tp.Dict[str, tp.Dict[str, tp.Any
     path = Path(path)
     if not path.is_file():
         raise DataPreparationError(f"Captions file not found: {path}.")
-    with open(path, newline='', encoding='utf-8') as file:
+    try:
+        text = path.read_text(encoding='utf-8-sig')
+    except UnicodeDecodeError as error:
+        raise DataPreparationError(
+            f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}): captions "
+            f"are read as UTF-8. Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.csv` for a "
+            "Latin-1 (Windows-1252) file.") from None
+    with io.StringIO(text, newline='') as file:
         reader = csv.DictReader(file)
         columns = [name.strip().lower() for name in (reader.fieldnames or [])]
         if 'file' not in columns or not ({'description', 'caption'} & set(columns)):

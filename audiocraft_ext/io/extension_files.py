@@ -169,6 +169,12 @@ def _parse_config(text: str, where: str) -> tp.Dict[str, tp.Any]:
     missing = [key for key in ('base', 'extension', 'name', 'max_duration') if key not in config]
     if missing:
         raise CheckpointError(f"{where} lacks {missing}: the file is incomplete; use another copy.")
+    max_duration = config['max_duration']
+    if isinstance(max_duration, bool) or not isinstance(max_duration, (int, float)) \
+            or not math.isfinite(max_duration) or max_duration <= 0:
+        raise CheckpointError(f"{where} has max_duration={max_duration!r}, not a positive number of seconds: "
+                              "the file is damaged or was edited; use another copy, or set it to the base's "
+                              "(30 for MusicGen) in its config.")
     return config
 
 

@@ -30,8 +30,9 @@ from ..io.errors import IntegrityError
 from .audiocraft_internals import adopt_fsdp_slot, is_streaming
 from .feature_cache import BaseFeatureCache
 from .half_storage import check_storage_dtype, store_weights_in
-from .layers import (BranchScale, base_layer_config, build_extension, check_extension_scale,
-                     check_num_additional_layers, resolve_layer_config)
+from .extension_scale import check_extension_scale
+from .layers import (BranchScale, base_layer_config, build_extension, check_num_additional_layers,
+                     resolve_layer_config)
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,8 @@ Every generation mode is `MusicGen`'s own (`generate`, `generate_unconditional`,
 `generate_continuation`, `generate_with_chroma`, long generation with `extend_stride`,
 `two_step_cfg`, progress callbacks): only loading, saving and the `extension_scale` knob are new.
 """
+import inspect
+import os
 from pathlib import Path
 import threading
 import typing as tp
@@ -24,10 +26,13 @@ from ..io.solver_checkpoints import read_solver_checkpoint
 from .bases import assemble_musicgen, build_lm, compression_package, default_device, load_plain_base
 from .extended_lm import ExtendedLMModel
 from .inputs import (GenerationInputError, check_descriptions, check_duration, check_num_samples,
-                     check_waveform)
-from .layers import check_extension_scale
+                     check_sampling, check_waveform)
+from .extension_scale import check_extension_scale
 from .packages import embedded_base, extension_package, merged_lm_package
 from .tiny import build_tiny_musicgen
+
+# MusicGen.set_generation_params's parameters in their positional order (use_sampling, top_k, ...).
+GENERATION_PARAMS = tuple(inspect.signature(MusicGen.set_generation_params).parameters)[1:]
 
 PathLike = tp.Union[str, Path]
 
@@ -102,6 +107,9 @@ class ExtendedMusicGen(MusicGen):
             allow_pickle (bool): passed on to loading the base (see `from_base`).
             dora_dir (str or Path, optional): the Dora folder of a base given as `//sig/SIG`.
         """
+        if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+            raise TypeError(f"get_pretrained needs the extension to load (a path, or a Hugging Face id "
+                            f"user/repo), got {name!r}.")
         path = Path(name).expanduser()
         if path.exists():  # `extension_files.read` says what else a local path is
             location, reference = path.resolve(), str(path.resolve())
@@ -219,10 +227,12 @@ class ExtendedMusicGen(MusicGen):
         """`MusicGen.set_generation_params`, plus `extension_scale` (0.0 = base, 1.0 = as trained)."""
         if extension_scale is not None:
             check_extension_scale(extension_scale)  # before changing anything: all or nothing
-        check_duration('duration', kwargs.get('duration'))
-        check_duration('extend_stride', kwargs.get('extend_stride'))
-        if kwargs.get('extend_stride', 0) >= self.max_duration:
-            raise GenerationInputError(f"extend_stride={kwargs['extend_stride']} must be shorter than the "
+        given = dict(zip(GENERATION_PARAMS, args), **kwargs)
+        check_duration('duration', given.get('duration'))
+        check_duration('extend_stride', given.get('extend_stride'))
+        check_sampling(given, self.lm.card)
+        if given.get('extend_stride', 0) >= self.max_duration:
+            raise GenerationInputError(f"extend_stride={given['extend_stride']} must be shorter than the "
                                        f"model's max_duration ({self.max_duration} s).")
         super().set_generation_params(*args, **kwargs)
         if extension_scale is not None:
@@ -240,7 +250,8 @@ class ExtendedMusicGen(MusicGen):
     def generate_continuation(self, prompt: torch.Tensor, prompt_sample_rate: int,
                               descriptions: tp.Optional[tp.List[tp.Optional[str]]] = None,
                               progress: bool = False, return_tokens: bool = False):
-        check_waveform('prompt', prompt, prompt_sample_rate, max_seconds=self.duration)
+        check_waveform('prompt', prompt, prompt_sample_rate, max_seconds=self.duration,
+                       min_seconds=1 / self.frame_rate)
         if descriptions is not None:
             check_descriptions(descriptions)
             batch = prompt.shape[0] if prompt.dim() == 3 else 1

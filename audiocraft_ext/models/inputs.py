@@ -43,11 +43,13 @@ def check_descriptions(descriptions: tp.Any, allow_none_items: bool = True) -> N
 
 
 def check_waveform(name: str, wav: tp.Any, sample_rate: tp.Any, max_seconds: tp.Optional[float] = None,
-                   list_item: bool = False) -> None:
-    """A waveform given as [C, T] or [B, C, T]: finite, non-empty, at a positive sample rate.
+                   list_item: bool = False, min_seconds: float = 0.0) -> None:
+    """A waveform given as [C, T] or [B, C, T] (B > 0): floating point, finite, non-empty, at a
+    positive sample rate.
 
     Args:
         max_seconds (float, optional): longest duration accepted (MusicGen asserts it for prompts).
+        min_seconds (float): shortest duration accepted (a prompt: one frame of the codec).
         list_item (bool): one waveform of a list, which must be [C, T] (MusicGen asserts it).
     """
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
@@ -57,12 +59,41 @@ def check_waveform(name: str, wav: tp.Any, sample_rate: tp.Any, max_seconds: tp.
     if list_item and wav.dim() != 2:
         raise GenerationInputError(f"{name} has shape {list(wav.shape)}; a list of waveforms holds [C, T] "
                                    "tensors (or pass one [B, C, T] tensor).")
-    if wav.dim() not in (2, 3) or wav.shape[-1] == 0 or wav.shape[-2] not in (1, 2):
-        raise ValueError(f"{name} has shape {list(wav.shape)}; expected [B, C, T] or [C, T] with C = 1 or 2 "
-                         "channels and T > 0 samples.")
+    if wav.dim() not in (2, 3) or wav.shape[-1] == 0 or wav.shape[-2] not in (1, 2) or wav.shape[0] == 0:
+        raise ValueError(f"{name} has shape {list(wav.shape)}; expected [B, C, T] or [C, T] with B > 0 items, "
+                         "C = 1 or 2 channels and T > 0 samples.")
+    if not wav.is_floating_point():
+        raise TypeError(f"{name} has dtype {wav.dtype}; give floating-point samples in [-1, 1] (for 16-bit "
+                        "integers: wav.float() / 32768).")
     if not torch.isfinite(wav).all():
         raise ValueError(f"{name} contains NaN or infinite samples: clean the waveform first.")
     seconds = wav.shape[-1] / sample_rate
+    if seconds < min_seconds:
+        raise ValueError(f"{name} lasts {seconds:.6f} s ({wav.shape[-1]} samples at {sample_rate} Hz), shorter "
+                         f"than one frame of the model's codec ({min_seconds:.4f} s): give a longer prompt.")
     if max_seconds is not None and seconds > max_seconds:
         raise GenerationInputError(f"{name} lasts {seconds:.2f} s, longer than the {max_seconds:.2f} s to "
                                    "generate: trim it or raise duration with set_generation_params(duration=...).")
+
+
+def check_sampling(params: tp.Dict[str, tp.Any], card: int) -> None:
+    """The sampling settings of `set_generation_params` (those given): `use_sampling` and
+    `two_step_cfg` booleans, `top_k` in [0, card] (0: off), `top_p` in [0, 1] (0: off),
+    `temperature` > 0 and `cfg_coef` finite."""
+    for name in ('use_sampling', 'two_step_cfg'):
+        if name in params and not isinstance(params[name], bool):
+            raise TypeError(f"{name}={params[name]!r}: use True or False.")
+    if 'top_k' in params:
+        top_k = params['top_k']
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= card:
+            raise ValueError(f"top_k={top_k!r} is out of range: use an integer from 0 (off) to the codebook "
+                             f"size, {card}.")
+    for name, low, high, what in (('top_p', 0.0, 1.0, 'a probability from 0 (off) to 1'),
+                                  ('temperature', 0.0, math.inf, 'a number above 0 (1.0: as trained)'),
+                                  ('cfg_coef', -math.inf, math.inf, 'a finite number (3.0 is MusicGen\'s)')):
+        if name not in params:
+            continue
+        value = params[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not low <= value <= high or (name == 'temperature' and value == 0):
+            raise (ValueError if number else TypeError)(f"{name}={value!r}: use {what}.")

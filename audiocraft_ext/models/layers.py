@@ -4,7 +4,6 @@ A layer configuration is a plain dict of `StreamingTransformer` keyword argument
 so checkpoints can carry it). `base_layer_config` reads it off a built base transformer, which
 works for any `LMModel`, with or without the Hydra config it was built from.
 """
-import math
 import typing as tp
 
 import torch
@@ -157,23 +156,8 @@ def build_extension(config: tp.Dict[str, tp.Any], num_layers: int, first_depth: 
     return extension
 
 
-def check_extension_scale(scale: tp.Any, name: str = 'extension_scale') -> float:
-    """Validate an `extension_scale`: a finite float >= 0 (0 = base model, 1 = as trained).
-
-    `name` is how the caller spells it in the error (`extended_model.extension_scale` in a config).
-    """
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {scale!r}.") from None
-    if isinstance(scale, bool) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}={scale!r} is out of range: use a finite value >= 0 "
-                         "(0.0 gives the base model, 1.0 the extension as trained).")
-    return value
-
-
 def check_num_additional_layers(value: tp.Any, name: str = 'num_additional_layers') -> int:
-    """Validate a number of new layers: a positive int (`name` as in `check_extension_scale`)."""
+    """Validate a number of new layers: a positive int (`name`: how the caller spells it, e.g. a config key)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name}={value!r}: use a positive integer (the number of new layers, e.g. {name}=12).")
     return value

@@ -43,7 +43,8 @@ from ..models.audiocraft_internals import (DIVERGED_MESSAGE, check_on_continue, 
 from ..models.extended_lm import ExtendedLMModel
 from ..models.extended_musicgen import load_base
 from ..models.feature_cache import BaseFeatureCache
-from ..models.layers import check_extension_scale, check_num_additional_layers
+from ..models.extension_scale import check_extension_scale
+from ..models.layers import check_num_additional_layers
 from . import replay_config, xp_checkpoints
 from .device import needs_resolution, resolve_device
 from .config_checks import check_generate_durations
