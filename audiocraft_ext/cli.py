@@ -127,6 +127,9 @@ def _export(args: argparse.Namespace) -> int:
     if not source.startswith('//') and not Path(source).exists() and '/' not in source:
         source = SIG_PREFIX + source  # a bare dora signature
     try:
+        if args.dtype and args.format != 'extended':
+            raise CheckpointError(f"--dtype {args.dtype} applies to --format extended only: AudioCraft's and "
+                                  "transformers' layouts hold the whole model as the base stores it.")
         run = resolve_base(source, args.dora_dir or default_dora_dir(), allow_pickle=args.allow_pickle)
         if run.kind not in ('solver_checkpoint', 'audiocraft_checkpoint'):
             raise CheckpointError(f"{args.source} is not a training run (a {run.kind} base): export takes the "
@@ -156,7 +159,8 @@ def _export(args: argparse.Namespace) -> int:
             print(f"Wrote transformers' MusicgenForConditionalGeneration to {out} (load with "
                   f"pipeline('text-to-audio', model='{out}') or MusicgenForConditionalGeneration.from_pretrained)")
         else:
-            out = model.save(args.out, include_base=not args.extension_only, overwrite=args.overwrite)
+            out = model.save(args.out, include_base=not args.extension_only, overwrite=args.overwrite,
+                             dtype=args.dtype)
             kind = 'extension-only' if args.extension_only else 'self-contained'
             print(f"Wrote the {kind} extension {out} (load with ExtendedMusicGen.get_pretrained('{out}'))")
     except (FileNotFoundError, CheckpointError, OverwriteError) as error:
@@ -204,7 +208,8 @@ def _info(args: argparse.Namespace) -> int:
             ('base included', 'yes (self-contained)' if 'base_lm' in counts else 'no (extension only: needs the base)'),
             ('new layers', f"{extension['num_additional_layers']} (dim {layer.get('d_model')}, "
                            f"{layer.get('num_heads')} heads, feed-forward {layer.get('dim_feedforward')})"),
-            ('trainable params', f"{counts['extension']:,}"),
+            ('trainable params', f"{counts['extension']:,}" + (f" (stored in {config['extension_dtype']})"
+                                                                if config.get('extension_dtype') else '')),
             ('extension_scale', str(extension.get('extension_scale'))),
             ('name', str(config.get('name'))), ('max_duration', f"{config.get('max_duration')} s")]
     if 'base_lm' in counts:
@@ -314,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                         new='--extension-only')
     export.add_argument('--state', choices=['best', 'last'], default='best',
                         help='best validation state (default) or last epoch')
+    export.add_argument('--dtype', choices=['float32', 'float16', 'bfloat16'],
+                        help="store the new layers in this precision (--format extended; default: the model's, "
+                             "float32); half precision halves their bytes, loading casts them back")
     export.add_argument('--overwrite', action='store_true', help='replace OUT if it exists (never the run or the base)')
     export.add_argument('--allow-pickle', action='store_true',
                         help='load a base checkpoint that only full unpickling can read (it can run code: only for '

@@ -1,5 +1,7 @@
-"""Trainable fraction and checkpoint sizes: extension-only file vs self-contained file vs the model
-exported to AudioCraft's layout (a stock L + N layer MusicGen), for random bases of given shapes.
+"""Trainable fraction and checkpoint sizes: extension-only file (new layers in float32, float16,
+bfloat16: `save(..., dtype=...)`, `export --dtype`) vs self-contained file vs the model exported to
+AudioCraft's layout (a stock L + N layer MusicGen), for random bases of given shapes; and how far
+the logits of a half-precision file's model are from the float32 file's.
 
 Sizes do not depend on the device, so musicgen-small shapes are measured on CPU too. The
 compression model here is the tiny random EnCodec of the test fixtures (1.5 MB); a real
@@ -40,16 +42,44 @@ def measure(preset: str) -> tp.Dict[str, tp.Any]:
         save_exported(base, tmp / 'base')  # the base as a Hugging Face snapshot / exported directory
         del base
         extended = ExtendedMusicGen.from_base(str(tmp / 'base'), shape['new_layers'], device='cpu')
+        with torch.no_grad():  # trained-like new layers: the zero-initialised outputs would hide any rounding
+            for parameter in extended.lm.extension.parameters():
+                parameter.normal_(0.0, 0.02)
         trainable, total = extended.lm.parameter_counts()
+        float32_file = extended.save(tmp / 'extension_only.safetensors', include_base=False)
         sizes = {
             'base (exported, L layers)': size(tmp / 'base'),
-            'extension-only file': size(extended.save(tmp / 'extension_only.pt', include_base=False)),
+            'extension-only file': size(float32_file),
             'self-contained file': size(extended.save(tmp / 'full.pt')),
             'exported L + N (stock layout)': size(extended.export_audiocraft(tmp / 'exported')),
         }
         compression = size(tmp / 'base' / 'compression_state_dict.bin')
+        reference = logits(ExtendedMusicGen.get_pretrained(float32_file, device='cpu'))
+        differences = {}
+        for dtype in ('float16', 'bfloat16'):
+            path = extended.save(tmp / f'extension_only_{dtype}.safetensors', include_base=False, dtype=dtype)
+            sizes[f'extension-only file, {dtype}'] = size(path)
+            half = logits(ExtendedMusicGen.get_pretrained(path, device='cpu'))
+            differences[dtype] = {'max_abs': (half - reference).abs().max().item(),
+                                  'kl': torch.nn.functional.kl_div(half.log_softmax(-1), reference.log_softmax(-1),
+                                                                   log_target=True, reduction='none')
+                                  .sum(-1).mean().item()}
     return {'preset': preset, 'shape': shape, 'trainable': trainable, 'total': total,
-            'base_params': total - trainable, 'compression_bytes': compression, 'sizes': sizes}
+            'base_params': total - trainable, 'compression_bytes': compression, 'sizes': sizes,
+            'logits_vs_float32': differences}
+
+
+def logits(model, frames: int = 50) -> torch.Tensor:
+    """[positions, card] float32 logits of `model` on fixed random codes and two captions, at the
+    positions the delay pattern fills (AudioCraft's logits are NaN elsewhere)."""
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    lm = model.lm.eval()
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(lm.card, (2, lm.num_codebooks, frames), generator=generator)
+    captions = [ConditioningAttributes(text={'description': text}) for text in ('calm piano', 'fast techno')]
+    with torch.no_grad():
+        output = lm.compute_predictions(codes, captions)
+    return output.logits[output.mask].float()
 
 
 def report(result: tp.Dict[str, tp.Any]) -> str:
@@ -66,6 +96,9 @@ def report(result: tp.Dict[str, tp.Any]) -> str:
     for name, nbytes in result['sizes'].items():
         lines.append(f"  {name:<34}{nbytes / 1e6:>10.2f}{nbytes / exported:>13.3f}")
     lines.append(f"  (compression model in the files above: {result['compression_bytes'] / 1e6:.3f} MB, tiny fixture)")
+    for dtype, difference in result['logits_vs_float32'].items():
+        lines.append(f"  logits of the {dtype} file's model vs the float32 file's: max |difference| "
+                     f"{difference['max_abs']:.2e}, mean KL {difference['kl']:.2e} nats per position")
     return '\n'.join(lines)
 
 

@@ -135,6 +135,30 @@ def test_extension_only_round_trip_and_size(exported_bases, tmp_path, model_logi
     assert torch.equal(model_logits(_load(extension_only, base=build_tiny_musicgen('text'))), expected)
 
 
+@pytest.mark.parametrize('dtype,tolerance', [(torch.float16, 1e-2), ('bfloat16', 5e-2)])
+def test_half_precision_extension_halves_the_file_and_loads_back_in_float32(exported_bases, tmp_path, model_logits,
+                                                                             extended, dtype, tolerance):
+    model = extended(exported_bases['text'])
+    expected = model_logits(model)
+    single = model.save(tmp_path / 'single.safetensors', include_base=False)
+    half = model.save(tmp_path / 'half.safetensors', include_base=False, dtype=dtype)
+    package = extension_files.read(half)
+    name = str(dtype).replace('torch.', '')
+    assert package.config['extension_dtype'] == name
+    assert {tensor.dtype for tensor in package.tensors['extension'].values()} == {getattr(torch, name)}
+    assert half.stat().st_size < 0.6 * single.stat().st_size
+    loaded = _load(half)
+    assert {parameter.dtype for parameter in loaded.lm.extension.parameters()} == {torch.float32}
+    logits = model_logits(loaded)
+    assert not torch.equal(logits, expected)  # rounded ...
+    torch.testing.assert_close(logits, expected, atol=tolerance, rtol=0, equal_nan=True)  # ... but close
+    # A directory too; a dtype that is not a float storage is refused before anything is written.
+    assert extension_files.read_config(model.save(tmp_path / 'half_dir', dtype=dtype))['extension_dtype'] == name
+    with pytest.raises(ValueError, match="dtype=torch.int8: store the new layers in one of"):
+        model.save(tmp_path / 'int8.safetensors', dtype=torch.int8)
+    assert not (tmp_path / 'int8.safetensors').exists()
+
+
 def test_extension_only_refuses_another_base_with_both_hashes(exported_bases, other_text_base, tmp_path, extended):
     model = extended(exported_bases['text'])
     extension_only = model.save(tmp_path / 'extension_only.safetensors', include_base=False)

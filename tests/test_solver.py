@@ -10,6 +10,8 @@ import typing as tp
 import pytest
 import torch
 
+from audiocraft_ext import cli
+from audiocraft_ext.io import extension_files
 from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen
 from audiocraft_ext.models.tiny import build_tiny_musicgen
@@ -114,6 +116,21 @@ def test_ema_best_state_and_export(trained, tmp_path, dora_dir):
     deeper, reference = load_base(f'//sig/{xp.sig}', device='cpu', dora_dir=dora_dir)
     assert reference == str(xp.folder / 'checkpoint.th')
     assert len(deeper.lm.transformer.layers) == 2 + 2
+
+
+def test_export_dtype_writes_half_precision_new_layers(trained, tmp_path, dora_dir, capsys):
+    """`audiocraft-ext export SIG OUT --dtype float16`; --dtype with another --format is refused."""
+    xp, _ = trained
+    out = tmp_path / 'half.safetensors'
+    assert cli.main(['export', xp.sig, str(out), '--extension-only', '--dtype', 'float16',
+                     '--dora-dir', str(dora_dir)]) == 0
+    assert extension_files.read_config(out)['extension_dtype'] == 'float16'
+    assert cli.main(['info', str(out)]) == 0
+    assert '(stored in float16)' in capsys.readouterr().out
+    assert cli.main(['export', xp.sig, str(tmp_path / 'stock'), '--format', 'audiocraft', '--dtype', 'float16',
+                     '--dora-dir', str(dora_dir)]) == 2
+    assert '--dtype float16 applies to --format extended only' in capsys.readouterr().err
+    assert not (tmp_path / 'stock').exists()
 
 
 def test_keep_extending_from_sig(trained, egs, build_solver):

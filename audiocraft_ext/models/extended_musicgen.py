@@ -28,7 +28,7 @@ from .extended_lm import ExtendedLMModel
 from .inputs import (GenerationInputError, check_descriptions, check_duration, check_num_samples,
                      check_sampling, check_waveform)
 from .extension_scale import check_extension_scale
-from .packages import embedded_base, extension_package, merged_lm_package
+from .packages import embedded_base, extension_package, merged_lm_package, storage_dtype
 from .tiny import build_tiny_musicgen
 
 # MusicGen.set_generation_params's parameters in their positional order (use_sampling, top_k, ...).
@@ -289,17 +289,22 @@ class ExtendedMusicGen(MusicGen):
             return {Path(reference).expanduser(): f'the base model of {self.name}'}
         return {}
 
-    def save(self, path: PathLike, include_base: bool = True, overwrite: bool = False) -> Path:
+    def save(self, path: PathLike, include_base: bool = True, overwrite: bool = False,
+             dtype: tp.Any = None) -> Path:
         """Write an extension `get_pretrained` loads, atomically (io.extension_files has the format).
 
         A path with a suffix (`model.safetensors`) gives one file; one without (`my_extension/`)
         a directory, what one uploads to a Hugging Face repo. Self-contained by default (base LM,
         compression model, new layers); with `include_base=False` only the new layers and the
         base's reference and hash. Never writes onto the base; refuses an existing path unless
-        `overwrite=True`.
+        `overwrite=True`. `dtype` (torch.float16 or torch.bfloat16, or its name) stores the new layers
+        in half precision, half their bytes, recorded in the config; loading casts them back to the
+        model's dtype.
         """
+        if dtype is not None:
+            storage_dtype(dtype)  # before anything is written
         destination = check_destination(path, self._protected(), overwrite)
-        package = extension_package(self, include_base)
+        package = extension_package(self, include_base, dtype)
         if Path(path).suffix:
             return extension_files.write_file(package, destination)
         return extension_files.write_directory(package, destination)

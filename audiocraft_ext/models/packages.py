@@ -39,19 +39,39 @@ def lm_config(lm: ExtendedLMModel) -> tp.Any:
     return cfg
 
 
-def extension_package(model: tp.Any, include_base: bool) -> ExtensionPackage:
-    """An `ExtendedMusicGen` as an `ExtensionPackage` (self-contained, or extension-only with a reference)."""
+# How the new layers may be stored (`save(..., dtype=...)`); loading casts them back to the model's dtype.
+STORAGE_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
+
+
+def storage_dtype(dtype: tp.Any) -> str:
+    """The name in STORAGE_DTYPES of `dtype` (a torch.dtype or its name)."""
+    name = str(dtype).replace('torch.', '')
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"dtype={dtype!r}: store the new layers in one of {sorted(STORAGE_DTYPES)} "
+                         "(half precision halves the file; the base, if included, stays as it is).")
+    return name
+
+
+def extension_package(model: tp.Any, include_base: bool, dtype: tp.Any = None) -> ExtensionPackage:
+    """An `ExtendedMusicGen` as an `ExtensionPackage` (self-contained, or extension-only with a reference),
+    the new layers' floating-point tensors stored in `dtype` (default: as they are)."""
     import audiocraft
     lm: ExtendedLMModel = model.lm
     if not include_base and model.base_reference is None:
         raise CheckpointError("This model's base was given in memory, so an extension-only file could not say where "
                               "it is: extend a base given by path or id, or save with include_base=True.")
+    extension = lm.extension_state_dict()
+    if dtype is not None:
+        stored = STORAGE_DTYPES[storage_dtype(dtype)]
+        extension = {key: value.to(stored) if value.is_floating_point() else value for key, value in extension.items()}
     config: tp.Dict[str, tp.Any] = {
         'format': FORMAT, 'format_version': FORMAT_VERSION, 'library_version': __version__,
         'audiocraft_version': audiocraft.__version__, 'name': model.name, 'max_duration': model.max_duration,
         'base': {'reference': model.base_reference, 'hash': model.base_hash},
         'extension': lm.extension_config, 'generation': generation_defaults(model)}
-    package = ExtensionPackage(config, tensors={'extension': lm.extension_state_dict()})
+    if dtype is not None:
+        config['extension_dtype'] = storage_dtype(dtype)
+    package = ExtensionPackage(config, tensors={'extension': extension})
     if include_base:
         package.tensors['base_lm'] = lm.base_state_dict()
         package.texts['base_lm'] = OmegaConf.to_yaml(lm_config(lm))
