@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU run of issue 18 on a bare machine of the device tool's `nvidia-h200` kind, in one command:
+# The GPU benchmarks (driver.py) on a bare GPU machine whose python3 has torch, in one command:
 #
-#   bash benchmarks/gpu/run_gpu.sh                  # there; $OUT (set by the device tool) gets the results
+#   bash benchmarks/gpu/run_gpu.sh                  # there; $OUT gets the results
 #   bash benchmarks/gpu/run_gpu.sh --dry-run-cpu    # here: the same with tiny shapes on CPU
 #   bash benchmarks/gpu/run_gpu.sh --only training_b8 generation   # a rerun of some steps
 #
