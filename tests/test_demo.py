@@ -20,7 +20,7 @@ from audiocraft_ext.models.shipped import read_recipe
 
 pytestmark = pytest.mark.slow  # the whole demo, end to end (about a minute)
 QUICK_GAIN = 0.10  # nats/token on the new domain's held-out clips
-QUICK_FORGETTING = 0.10  # nats/token on the old domain's
+QUICK_FORGETTING = 0.02  # nats/token on the old domain's: what the full-size demo reaches on every seed
 
 
 @pytest.fixture(scope='module')
@@ -99,9 +99,9 @@ def test_metrics_have_expected_finite_fields(demo):
 def test_extended_gains_on_the_new_domain_and_keeps_the_old(demo):
     _, summary = demo
     ce = summary['cross_entropy']
-    # 20 updates of one new layer on the shipped base (seed 0): measured gain 1.096 nats/token and
-    # forgetting +0.050 (README gives the full size's: +0.014 to +0.038 over 3 seeds, above the 0.02
-    # aimed at for 2 of them); without training (zero learning rate) both are 0.
+    # 20 updates of one new layer on the shipped base (seed 0), the shipped forgetting control (KL
+    # weight 10): measured gain 1.025 nats/token and forgetting +0.016 (with KL weight 1: +0.050;
+    # README gives the full size's, +0.004 to +0.019 over 3 seeds); zero learning rate: 0 and 0.
     assert ce['new']['base'] - ce['new']['extended'] >= QUICK_GAIN
     assert ce['old']['extended'] - ce['old']['base'] <= QUICK_FORGETTING
     # Both numbers of the summary: gain on the new domain, forgetting on the old one.
