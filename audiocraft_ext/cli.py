@@ -121,8 +121,6 @@ def _export(args: argparse.Namespace) -> int:
     from audiocraft_ext.io.base_reference import SIG_PREFIX, resolve_base
     from audiocraft_ext.io.destinations import check_destination
     from audiocraft_ext.io.errors import CheckpointError, OverwriteError
-    from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen, write_musicgen_exported
-    from audiocraft_ext.models.bases import load_plain_base
     source = args.source
     if not source.startswith('//') and not Path(source).exists() and '/' not in source:
         source = SIG_PREFIX + source  # a bare dora signature
@@ -136,6 +134,9 @@ def _export(args: argparse.Namespace) -> int:
                                   "checkpoint.th of a training run, its XP folder or //sig/SIG.")
         location = Path(run.location)
         check_destination(args.out, {location.parent: 'the training run it exports'}, args.overwrite)
+        # AudioCraft's models take seconds to import: only once the inputs are known to be good.
+        from audiocraft_ext.models.extended_musicgen import ExtendedMusicGen, write_musicgen_exported
+        from audiocraft_ext.models.bases import load_plain_base
         if run.kind == 'audiocraft_checkpoint':  # a plain MusicGen run: no new layers
             if args.format != 'audiocraft':
                 raise CheckpointError(f"{location} is a checkpoint of AudioCraft's MusicGenSolver (no new layers): "
