@@ -98,10 +98,13 @@ def test_audiocraft_train_runs_our_solver(exported_bases, tmp_path, user_environ
     env.pop('AUDIOCRAFT_CONFIG', None)
     result = subprocess.run(
         [sys.executable, '-m', 'audiocraft.train', 'solver=extended_musicgen_debug',
-         f'pretrained_model_checkpoint={exported_bases["text"]}', f'egs_root={tmp_path / "egs"}', 'optim.epochs=1'],
+         f'pretrained_model_checkpoint={exported_bases["text"]}', f'egs_root={tmp_path / "egs"}', 'optim.epochs=2'],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-5000:]
     checkpoint, = (tmp_path / 'dora' / 'xps').glob('*/checkpoint.th')
     state = torch.load(checkpoint, weights_only=False)  # AudioCraft's train saved it: xp.cfg may be a DictConfig
     assert state['base_model']['reference'] == str(exported_bases['text'])
     assert 'ExtendedMusicGenSolver' in (checkpoint.parent / 'solver.log.0').read_text()
+    # Two epochs of 2 updates learnt: validation cross entropy 5.525 -> 5.339 (measured).
+    valid = [epoch['valid']['ce'] for epoch in state['history']]
+    assert len(valid) == 2 and valid[1] < valid[0] - 0.1, valid

@@ -98,7 +98,11 @@ def test_original_train_command_trains_then_ours_evaluates_it(exported_bases, eg
     assert report['run']['num_additional_layers'] == 2
     new = report['sets']['new']
     assert math.isfinite(new['base']['ce']) and math.isfinite(new['extended']['ce'])
-    assert new['extended']['ce'] != new['base']['ce'], "the trained new layers were not used"
+    # Its 2 updates at lr 1e-3 learnt a little and forgot next to nothing (measured: gain 0.0165,
+    # forgetting of the base's held-out generations 0.0008 nats per token); learning rate 0: 0 and 0.
+    reference = report['sets']['reference']
+    gain = new['base']['ce'] - new['extended']['ce']
+    assert gain > 0.008 and reference['extended']['ce'] - reference['base']['ce'] < 0.01, report['sets']
 
 
 def test_python_says_audiocraft_has_no_evaluate_module():
