@@ -83,3 +83,15 @@ def test_bench_adaptation_quick_runs_every_method(tmp_path, monkeypatch):
     pieces = json.loads((task.data / 'egs' / 'old' / 'synth.json').read_text())['pieces']
     assert trained and not trained & (set(pieces['valid']) | set(pieces['evaluate']))
     assert set(task.replay.prompts) <= vocabulary
+
+
+def test_bench_extensions_quick_mixed_batch_matches_separate_models(tmp_path, monkeypatch):
+    """`python benchmarks/bench_extensions.py --quick`: the mixed batch generates the separate models'
+    tokens, and one model holds the base once (no timing is checked)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_extensions
+    rows = bench_extensions.main(['--quick', '--out', str(tmp_path)])
+    assert [row['k'] for row in rows] == [1, 2] and all(row['same_tokens'] for row in rows)
+    assert rows[0]['bytes']['one model'] == rows[0]['bytes']['separate']
+    assert rows[1]['bytes']['one model'] < rows[1]['bytes']['separate']
+    assert 'same tokens' in (tmp_path / 'bench_extensions.txt').read_text()

@@ -15,6 +15,7 @@ The base's own logits come out of the same forward (`compute_predictions_with_ba
 transformer returns `cat([h', h])` along the batch, so AudioCraft's heads and pattern code score
 both, at the cost of the output heads alone (no second base pass).
 """
+from contextlib import contextmanager
 import logging
 from pathlib import Path
 import typing as tp
@@ -52,11 +53,19 @@ class FrozenBaseWithExtension(nn.Module):
     sequence passes (training, validation); streaming generation always runs the base.
     `with_base_output` (False by default) makes the output `cat([h', h])` [2B, S, D]: the
     extended and the base's hidden states, the latter without gradient.
+
+    `attached` holds other extensions of the same base by name (inference only); `routes` (None by
+    default) names, per batch item, the extension its hidden state goes through (`OWN` for
+    `extension`, None for none: the base's h): the base runs once for the whole batch.
     """
+    OWN = 'own'  # the name `routes` gives `extension`
+
     def __init__(self, base: StreamingTransformer, extension: StreamingTransformer):
         super().__init__()
         self.base = base
         self.extension = extension
+        self.attached = nn.ModuleDict()
+        self.routes: tp.Optional[tp.List[tp.Optional[str]]] = None
         self.feature_cache: tp.Optional[BaseFeatureCache] = None
         self.with_base_output = False
 
@@ -68,16 +77,65 @@ class FrozenBaseWithExtension(nn.Module):
                 hidden = self.feature_cache.base_output(self.base, x, cross_attention_src)  # [B, S, D]
             else:
                 hidden = self.base(x, cross_attention_src=cross_attention_src, src_mask=src_mask)
-        extension_cross_src = cross_attention_src if self.extension.layers[0].cross_attention is not None else None
-        extended = self.extension(hidden, cross_attention_src=extension_cross_src)  # [B, S, D]
+        if self.routes is not None:
+            if self.with_base_output:
+                raise RuntimeError("routes and with_base_output cannot be combined.")
+            return self._routed(hidden, cross_attention_src)
+        extended = _run_extension(self.extension, hidden, cross_attention_src)  # [B, S, D]
         if self.with_base_output:
             return torch.cat([extended, hidden], dim=0)  # [2B, S, D]
         return extended
+
+    def _routed(self, hidden: torch.Tensor, cross_attention_src: tp.Optional[torch.Tensor]) -> torch.Tensor:
+        """Each item of `hidden` [B, S, D] through the extension `routes` names for it -> [B, S, D]."""
+        routes = list(self.routes or [])
+        if not routes or hidden.shape[0] % len(routes):
+            raise RuntimeError(f"{len(routes)} routes for a batch of {hidden.shape[0]}.")
+        routes = routes * (hidden.shape[0] // len(routes))  # classifier-free guidance repeats the batch
+        output = hidden.clone()
+        for name in dict.fromkeys(routes):
+            if name is None:
+                continue
+            index = torch.tensor([i for i, route in enumerate(routes) if route == name], device=hidden.device)
+            extension = self.extension if name == self.OWN else self.attached[name]
+            cross = None if cross_attention_src is None else cross_attention_src.index_select(0, index)
+            output.index_copy_(0, index, _run_extension(extension, hidden.index_select(0, index), cross))
+        return output
 
     def train(self, mode: bool = True) -> 'FrozenBaseWithExtension':
         super().train(mode)
         self.base.eval()
         return self
+
+
+def _run_extension(extension: StreamingTransformer, hidden: torch.Tensor,
+                   cross_attention_src: tp.Optional[torch.Tensor]) -> torch.Tensor:
+    """`extension` on `hidden` [B, S, D], with the conditions when its layers cross-attend."""
+    cross = cross_attention_src if extension.layers[0].cross_attention is not None else None
+    return extension(hidden, cross_attention_src=cross)
+
+
+def _set_branch_scale(extension: nn.Module, scale: float) -> None:
+    for module in extension.modules():
+        if isinstance(module, BranchScale):
+            module.scale = scale
+
+
+def _load_checked(extension: nn.Module, state: tp.Mapping[str, torch.Tensor], source: str) -> None:
+    """`extension.load_state_dict(state)`, or an `IntegrityError` naming the missing, unexpected or
+    misshapen keys of `source`."""
+    expected = extension.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    misshapen = sorted(f'{key} {tuple(state[key].shape)} (expected {tuple(value.shape)})'
+                       for key, value in expected.items() if key in state and state[key].shape != value.shape)
+    problems = [f'{what}: {", ".join(keys[:5])}{" ..." if len(keys) > 5 else ""}'
+                for what, keys in (('missing', missing), ('unexpected', unexpected), ('wrong shape', misshapen))
+                if keys]
+    if problems:
+        raise IntegrityError(f"The new-layer weights of {source} do not fit its extension config "
+                             f"({'; '.join(problems)}): the file is damaged or was edited; use another copy.")
+    extension.load_state_dict(state)
 
 
 class ExtendedLMModel(LMModel):
@@ -151,9 +209,7 @@ class ExtendedLMModel(LMModel):
     @extension_scale.setter
     def extension_scale(self, scale: float) -> None:
         self._extension_scale = check_extension_scale(scale)
-        for module in self.extension.modules():
-            if isinstance(module, BranchScale):
-                module.scale = self._extension_scale
+        _set_branch_scale(self.extension, self._extension_scale)
 
     @property
     def extension_config(self) -> tp.Dict[str, tp.Any]:
@@ -234,7 +290,8 @@ class ExtendedLMModel(LMModel):
         """State dict of the frozen base, with the keys of the original `LMModel`."""
         prefix = 'transformer.base.'
         return {('transformer.' + key[len(prefix):] if key.startswith(prefix) else key): value
-                for key, value in self.state_dict().items() if not key.startswith('transformer.extension.')}
+                for key, value in self.state_dict().items()
+                if not key.startswith(('transformer.extension.', 'transformer.attached.'))}
 
     def extension_state_dict(self) -> tp.Dict[str, torch.Tensor]:
         """State dict of the new layers only (what training changes)."""
@@ -245,15 +302,37 @@ class ExtendedLMModel(LMModel):
 
         Raises `IntegrityError` naming the missing, unexpected or misshapen keys of `source`.
         """
-        expected = self.extension.state_dict()
-        missing = sorted(expected.keys() - state.keys())
-        unexpected = sorted(state.keys() - expected.keys())
-        misshapen = sorted(f'{key} {tuple(state[key].shape)} (expected {tuple(value.shape)})'
-                           for key, value in expected.items() if key in state and state[key].shape != value.shape)
-        problems = [f'{what}: {", ".join(keys[:5])}{" ..." if len(keys) > 5 else ""}'
-                    for what, keys in (('missing', missing), ('unexpected', unexpected), ('wrong shape', misshapen))
-                    if keys]
-        if problems:
-            raise IntegrityError(f"The new-layer weights of {source} do not fit its extension config "
-                                 f"({'; '.join(problems)}): the file is damaged or was edited; use another copy.")
-        self.extension.load_state_dict(state)
+        _load_checked(self.extension, state, source)
+
+    def attach_extension(self, name: str, config: tp.Dict[str, tp.Any], state: tp.Mapping[str, torch.Tensor],
+                         source: str) -> None:
+        """Another extension of this base beside the own one, for inference: its layers built from its
+        `extension_config`, its weights from `state` (checked as `load_extension_state_dict` checks),
+        frozen. The caller checks that it was trained on this base (`ExtendedMusicGen.attach`)."""
+        try:
+            num_layers = check_num_additional_layers(config['num_additional_layers'])
+            layer_config = resolve_layer_config(base_layer_config(self.base_transformer), config['layer_config'])
+            scale = check_extension_scale(config.get('extension_scale', 1.0))
+        except (KeyError, TypeError, ValueError) as error:
+            raise IntegrityError(f"{source} has an extension config this base cannot build ({error}).") from None
+        reference = next(self.extension.parameters())
+        extension = build_extension(layer_config, num_layers, self.num_base_layers, device=reference.device,
+                                    dtype=reference.dtype)
+        _load_checked(extension, state, source)
+        _set_branch_scale(extension, scale)
+        extension.requires_grad_(False)
+        self.transformer.attached[name] = extension.eval()
+
+    def set_attached_scale(self, name: str, scale: float) -> None:
+        """`extension_scale` of the attached extension `name`."""
+        _set_branch_scale(self.transformer.attached[name], check_extension_scale(scale))
+
+    @contextmanager
+    def routed(self, routes: tp.Sequence[tp.Optional[str]]) -> tp.Iterator[None]:
+        """Within it, batch item i goes through the extension named `routes[i]` (`FrozenBaseWithExtension.OWN`
+        for the own one, an attached name, or None for the base alone); the base runs once for all."""
+        self.transformer.routes = list(routes)
+        try:
+            yield
+        finally:
+            self.transformer.routes = None

@@ -2,8 +2,11 @@
 
 Every generation mode is `MusicGen`'s own (`generate`, `generate_unconditional`,
 `generate_continuation`, `generate_with_chroma`, long generation with `extend_stride`,
-`two_step_cfg`, progress callbacks): only loading, saving and the `extension_scale` knob are new.
+`two_step_cfg`, progress callbacks): only loading, saving and the `extension_scale` knob are new,
+and `attach`: other extensions of the same base, chosen per call or per item (`extensions=`),
+the base computed once for the whole batch.
 """
+from contextlib import contextmanager, nullcontext
 import inspect
 import os
 from pathlib import Path
@@ -24,7 +27,7 @@ from ..io.exported_layout import exported_package, write_exported
 from ..io.hashing import weights_hash
 from ..io.solver_checkpoints import read_solver_checkpoint
 from .bases import assemble_musicgen, build_lm, compression_package, default_device, load_plain_base
-from .extended_lm import ExtendedLMModel
+from .extended_lm import ExtendedLMModel, FrozenBaseWithExtension
 from .inputs import (GenerationInputError, check_descriptions, check_duration, check_num_samples,
                      check_sampling, check_waveform)
 from .extension_scale import check_extension_scale
@@ -61,6 +64,7 @@ class ExtendedMusicGen(MusicGen):
             raise TypeError(f"lm must be an ExtendedLMModel, got {type(lm).__name__}: "
                             "use ExtendedMusicGen.from_base to extend a MusicGen.")
         self._generation_lock = threading.Lock()
+        self._requested_routes = threading.local()  # `extensions=` of the call in progress, per thread
         super().__init__(name, compression_model, lm, max_duration)
         self.base_reference = base_reference
         self.base_hash = base_hash or weights_hash(lm.base_state_dict())
@@ -214,6 +218,68 @@ class ExtendedMusicGen(MusicGen):
                                   pkg['best_state']['model'] if state == 'best' else pkg['model'], info['hash'],
                                   base_reference=reference, source=str(path), base_description=info['reference'])
 
+    # ---- several extensions of one base ---------------------------------------------------------
+    OWN = FrozenBaseWithExtension.OWN  # the name of the extension the model was loaded or built with
+
+    def attach(self, name: str, source: tp.Any, extension_scale: tp.Optional[float] = None,
+               dora_dir: tp.Optional[PathLike] = None, revision: tp.Optional[str] = None) -> None:
+        """Attach another extension of this model's base under `name`, for generation (`extensions=`).
+
+        `source`: an extension file or directory (`save`), a Hugging Face id holding one, a training
+        run (its XP folder, `checkpoint.th` or `//sig/SIG` with `dora_dir`), or an `ExtendedMusicGen`.
+        Only its new layers are kept (the base is this model's, computed once per batch); one trained
+        on another base is refused, naming both hashes. `extension_scale` defaults to the source's.
+        """
+        if not isinstance(name, str) or not name.isidentifier() or name == self.OWN:
+            raise ValueError(f"Extension name {name!r}: use a Python identifier other than {self.OWN!r} "
+                             "(e.g. 'lofi').")
+        if name in self.lm.transformer.attached:
+            raise ValueError(f"An extension named {name!r} is already attached: detach('{name}') first.")
+        if extension_scale is not None:
+            check_extension_scale(extension_scale)
+        config, state, base_hash, where = _extension_source(source, dora_dir, revision)
+        if base_hash != self.base_hash:
+            raise CheckpointError(f"{where} was trained on the base with hash {base_hash}, but this model's base "
+                                  f"has hash {self.base_hash}: attach extensions of the same base only.")
+        if extension_scale is not None:
+            config = {**config, 'extension_scale': extension_scale}
+        self.lm.attach_extension(name, config, state, where)
+
+    def detach(self, name: str) -> None:
+        """Remove the attached extension `name` (its memory is freed)."""
+        self._check_attached(name)
+        del self.lm.transformer.attached[name]
+
+    @property
+    def extension_names(self) -> tp.List[str]:
+        """`OWN` then the attached extensions' names, in the order they were attached."""
+        return [self.OWN, *self.lm.transformer.attached.keys()]
+
+    def set_extension_scale(self, name: str, scale: float) -> None:
+        """`extension_scale` of one extension (`OWN` or an attached name)."""
+        if name == self.OWN:
+            self.extension_scale = scale
+            return
+        self._check_attached(name)
+        self.lm.set_attached_scale(name, scale)
+
+    def _check_attached(self, name: tp.Any) -> None:
+        if name not in self.lm.transformer.attached:
+            raise KeyError(f"No attached extension named {name!r}: the model has {self.extension_names}.")
+
+    def _routes(self, extensions: tp.Any, count: int) -> tp.Optional[tp.List[tp.Optional[str]]]:
+        """`extensions=` of a generation call as one route per item (None: the base alone)."""
+        if extensions is None:
+            return None
+        routes = [extensions] * count if isinstance(extensions, str) else list(extensions)
+        if len(routes) != count:
+            raise GenerationInputError(f"{len(routes)} extensions for {count} items: give one per item "
+                                       "(a name, or None for the base alone), or one name for all.")
+        for route in routes:
+            if route is not None and route != self.OWN:
+                self._check_attached(route)
+        return routes
+
     @property
     def extension_scale(self) -> float:
         return self.lm.extension_scale
@@ -238,32 +304,40 @@ class ExtendedMusicGen(MusicGen):
         if extension_scale is not None:
             self.extension_scale = extension_scale
 
+    # Every generation mode takes `extensions`: None (the own extension for every item), one name
+    # for all (`OWN` or an attached one), or one per item, None for the base alone.
     def generate(self, descriptions: tp.List[tp.Optional[str]], progress: bool = False,
-                 return_tokens: bool = False):
+                 return_tokens: bool = False, extensions: tp.Any = None):
         check_descriptions(descriptions)
-        return super().generate(descriptions, progress=progress, return_tokens=return_tokens)
+        with self._requesting(self._routes(extensions, len(descriptions))):
+            return super().generate(descriptions, progress=progress, return_tokens=return_tokens)
 
-    def generate_unconditional(self, num_samples: int, progress: bool = False, return_tokens: bool = False):
+    def generate_unconditional(self, num_samples: int, progress: bool = False, return_tokens: bool = False,
+                               extensions: tp.Any = None):
         check_num_samples(num_samples)
-        return super().generate_unconditional(num_samples, progress=progress, return_tokens=return_tokens)
+        with self._requesting(self._routes(extensions, num_samples)):
+            return super().generate_unconditional(num_samples, progress=progress, return_tokens=return_tokens)
 
     def generate_continuation(self, prompt: torch.Tensor, prompt_sample_rate: int,
                               descriptions: tp.Optional[tp.List[tp.Optional[str]]] = None,
-                              progress: bool = False, return_tokens: bool = False):
+                              progress: bool = False, return_tokens: bool = False, extensions: tp.Any = None):
         check_waveform('prompt', prompt, prompt_sample_rate, max_seconds=self.duration,
                        min_seconds=1 / self.frame_rate)
+        batch = prompt.shape[0] if prompt.dim() == 3 else 1
         if descriptions is not None:
             check_descriptions(descriptions)
-            batch = prompt.shape[0] if prompt.dim() == 3 else 1
             if len(descriptions) != batch:
                 raise GenerationInputError(f"{len(descriptions)} descriptions for {batch} prompt(s): "
                                            "give one per prompt.")
-        return super().generate_continuation(prompt, prompt_sample_rate, descriptions, progress=progress,
-                                             return_tokens=return_tokens)
+        with self._requesting(self._routes(extensions, batch)):
+            return super().generate_continuation(prompt, prompt_sample_rate, descriptions, progress=progress,
+                                                 return_tokens=return_tokens)
 
     def generate_with_chroma(self, descriptions: tp.List[tp.Optional[str]], melody_wavs: tp.Any,
-                             melody_sample_rate: int, progress: bool = False, return_tokens: bool = False):
+                             melody_sample_rate: int, progress: bool = False, return_tokens: bool = False,
+                             extensions: tp.Any = None):
         check_descriptions(descriptions)
+        routes = self._routes(extensions, len(descriptions))
         is_list = not isinstance(melody_wavs, torch.Tensor)
         melodies = list(melody_wavs) if is_list else [melody_wavs]
         for index, melody in enumerate(melodies):
@@ -274,12 +348,22 @@ class ExtendedMusicGen(MusicGen):
         if count != len(descriptions):
             raise GenerationInputError(f"{count} melodies for {len(descriptions)} descriptions: give one per "
                                        "description (None for no melody).")
-        return super().generate_with_chroma(descriptions, melody_wavs, melody_sample_rate, progress=progress,
-                                            return_tokens=return_tokens)
+        with self._requesting(routes):
+            return super().generate_with_chroma(descriptions, melody_wavs, melody_sample_rate, progress=progress,
+                                                return_tokens=return_tokens)
+
+    @contextmanager
+    def _requesting(self, routes: tp.Optional[tp.List[tp.Optional[str]]]) -> tp.Iterator[None]:
+        self._requested_routes.value = routes
+        try:
+            yield
+        finally:
+            self._requested_routes.value = None
 
     def _generate_tokens(self, *args: tp.Any, **kwargs: tp.Any) -> torch.Tensor:
         # The layers' streaming state (KV caches) lives in the modules: one generation at a time.
-        with self._generation_lock:
+        routes = getattr(self._requested_routes, 'value', None)
+        with self._generation_lock, (self.lm.routed(routes) if routes is not None else nullcontext()):
             return super()._generate_tokens(*args, **kwargs)
 
     def _protected(self) -> tp.Dict[Path, str]:
@@ -372,3 +456,33 @@ def load_base(base: tp.Any, device: tp.Optional[str] = None, dora_dir: tp.Option
         parts = str(source.location).split('/')
         return build_tiny_musicgen(parts[0] or 'text', seed=int(parts[1]) if len(parts) > 1 else 0), source.reference
     return load_plain_base(source, device, allow_pickle), source.reference
+
+
+def _extension_source(source: tp.Any, dora_dir: tp.Optional[PathLike], revision: tp.Optional[str]
+                      ) -> tp.Tuple[tp.Dict[str, tp.Any], tp.Mapping[str, torch.Tensor], str, str]:
+    """(extension_config, new-layer state, base hash, description) of what `ExtendedMusicGen.attach`
+    is given, read without loading any base."""
+    if isinstance(source, ExtendedMusicGen):
+        return source.lm.extension_config, source.lm.extension_state_dict(), source.base_hash, source.name
+    if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
+        raise TypeError(f"attach needs an extension (a path, a Hugging Face id user/repo, a training run or an "
+                        f"ExtendedMusicGen), got {source!r}.")
+    text = str(source)
+    path = Path(text).expanduser()
+    if text.startswith(SIG_PREFIX) or (path.is_dir() and (path / 'checkpoint.th').is_file()) \
+            or (path.is_file() and path.suffix == '.th'):
+        run = sig_checkpoint(text, dora_dir) if text.startswith(SIG_PREFIX) else path
+        pkg = read_solver_checkpoint(run)
+        info = pkg['base_model']
+        return info['extension_config'], pkg['best_state']['model'], info['hash'], str(run)
+    if path.exists():
+        location = path
+    elif is_hub_id(text):
+        resolved = resolve_base(text, revision=revision)
+        if resolved.kind != 'extension':
+            raise CheckpointError(f"{text} is a MusicGen, not an extension: attach extensions of this model's base.")
+        location = Path(resolved.location)
+    else:
+        raise FileNotFoundError(f"Extension not found: {text}. Check the path, or give a Hugging Face id (user/repo).")
+    package = extension_files.read(location)
+    return package.config['extension'], package.tensors['extension'], package.config['base']['hash'], text
