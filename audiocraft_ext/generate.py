@@ -2,6 +2,11 @@
 
     audiocraft-ext generate MODEL "caption" ["caption" ...] --duration S --out DIR
         [--scale 0.5] [--melody FILE | --continue FILE] [--seed N] [--device cuda] [--overwrite]
+        [--attach NAME=EXTENSION ...] [--extensions NAME[,NAME ...]]
+
+`--attach` adds other extensions of MODEL's base (`ExtendedMusicGen.attach`); `--extensions`
+chooses, per caption or once for all, `own` (MODEL's own), an attached NAME, or `base` (the base
+alone).
 
 MODEL is anything `ExtendedMusicGen.get_pretrained` loads. For caption number i it writes
 `DIR/<i>_<caption>.wav` and, beside it, `DIR/<i>_<caption>.json`: the caption, every setting, and
@@ -64,7 +69,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                  'random and written in the JSON files)')
     parser.add_argument('--device', help='cpu or cuda (default: cuda if available)')
     parser.add_argument('--overwrite', action='store_true', help='replace existing output files')
+    parser.add_argument('--attach', action='append', default=[], metavar='NAME=EXTENSION',
+                        help='another extension of the same base, under NAME (repeatable): a file, a '
+                             'directory, a Hugging Face id or a training run')
+    parser.add_argument('--extensions', metavar='NAME[,NAME...]',
+                        help=f"which extension generates each caption: '{OWN}' (MODEL's, the default), an "
+                             f"attached NAME or '{BASE}' (the base alone); one name for all, or one per caption")
     return parser
+
+
+OWN, BASE = 'own', 'base'  # the --extensions names of MODEL's own extension and of the base alone
+
+
+def check_extensions(args: argparse.Namespace) -> tp.Tuple[tp.Dict[str, str], tp.List[str]]:
+    """({name: source} of --attach, the --extensions name of each caption)."""
+    attached: tp.Dict[str, str] = {}
+    for entry in args.attach:
+        name, _, source = entry.partition('=')
+        if not name.isidentifier() or not source.strip() or name in (OWN, BASE):
+            raise GenerateError(f"--attach {entry}: give NAME=EXTENSION, NAME a Python identifier other than "
+                                f"'{OWN}' and '{BASE}' (e.g. --attach lofi=lofi.safetensors).")
+        if name in attached:
+            raise GenerateError(f"--attach {name} is given twice: one extension per name.")
+        attached[name] = source
+    names = (args.extensions or OWN).split(',')
+    if len(names) == 1:
+        names = names * len(args.captions)
+    if len(names) != len(args.captions):
+        raise GenerateError(f"--extensions names {len(names)} extensions for {len(args.captions)} captions: give "
+                            "one per caption, or one for all.")
+    unknown = sorted({name for name in names if name not in (OWN, BASE, *attached)})
+    if unknown:
+        raise GenerateError(f"--extensions {','.join(unknown)}: no such extension; use '{OWN}', '{BASE}' or a "
+                            f"name given with --attach ({', '.join(attached) or 'none given'}).")
+    return attached, names
 
 
 # ---- checks before loading the model --------------------------------------------------------
@@ -109,6 +147,7 @@ def check_request(args: argparse.Namespace) -> tp.Tuple[tp.List[Path], tp.Option
                             f"{MAX_EXTENSION_SCALE:g} (0 = the base, 1 = the new layers as trained).")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise GenerateError(f"--seed {args.seed} is out of range: use an integer from 0 to {MAX_SEED}.")
+    check_extensions(args)
     audio = None
     if args.melody is not None:
         audio = read_audio_input('--melody', args.melody)
@@ -142,6 +181,11 @@ def load_model(args: argparse.Namespace, audio: tp.Optional[AudioInput]):
     if args.melody is not None and 'self_wav' not in model.lm.condition_provider.conditioners:
         raise GenerateError(f"--melody: {args.model} has no melody conditioner (a text-only base); use a model "
                             "extended from a melody base such as facebook/musicgen-melody, or drop --melody.")
+    for name, source in check_extensions(args)[0].items():
+        try:
+            model.attach(name, source)
+        except (FileNotFoundError, CheckpointError, ValueError, TypeError) as error:
+            raise GenerateError(f"--attach {name}={source}: {error}") from None
     params = model.generation_params  # the loaded model's, kept: only duration and scale change
     model.set_generation_params(
         use_sampling=params['use_sampling'], top_k=params['top_k'], top_p=params['top_p'],
@@ -150,21 +194,26 @@ def load_model(args: argparse.Namespace, audio: tp.Optional[AudioInput]):
     return model
 
 
-def _generate_one(model, caption: str, audio: tp.Optional[AudioInput], args: argparse.Namespace):
-    """[C, T] audio for one caption (MusicGen's progress callback drives the bar)."""
+def _generate_one(model, caption: str, audio: tp.Optional[AudioInput], args: argparse.Namespace, extension: str):
+    """[C, T] audio for one caption by `extension` (an --extensions name); MusicGen's progress
+    callback drives the bar."""
     import torch
+    routes = [None if extension == BASE else model.OWN if extension == OWN else extension]
     if audio is None:
-        return model.generate([caption], progress=True)[0]
+        return model.generate([caption], progress=True, extensions=routes)[0]
     wav = torch.from_numpy(audio.wav)[None]  # [1, C, T]
     if args.melody is not None:
-        return model.generate_with_chroma([caption], wav, audio.sample_rate, progress=True)[0]
-    return model.generate_continuation(wav, audio.sample_rate, [caption], progress=True)[0]
+        return model.generate_with_chroma([caption], wav, audio.sample_rate, progress=True, extensions=routes)[0]
+    return model.generate_continuation(wav, audio.sample_rate, [caption], progress=True, extensions=routes)[0]
 
 
-def regenerate_command(args: argparse.Namespace, caption: str, seed: int, scale: float) -> str:
+def regenerate_command(args: argparse.Namespace, caption: str, seed: int, scale: float, extension: str = OWN) -> str:
     """The command that generates exactly this caption's file again."""
     words = ['audiocraft-ext', 'generate', args.model, caption, '--duration', f'{args.duration:g}',
              '--scale', f'{scale:g}', '--seed', str(seed), '--out', args.out]
+    if extension != OWN:
+        words += [*(f'--attach={entry}' for entry in args.attach if entry.partition('=')[0] == extension),
+                  '--extensions', extension]
     if args.melody is not None:
         words += ['--melody', args.melody]
     if args.continuation is not None:
@@ -191,7 +240,8 @@ def run_generate(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), 'little')  # <= MAX_SEED
     wavs[0].parent.mkdir(parents=True, exist_ok=True)
     total = len(args.captions)
-    for index, (caption, path) in enumerate(zip(args.captions, wavs)):
+    attached, extensions = check_extensions(args)
+    for index, (caption, path, extension) in enumerate(zip(args.captions, wavs, extensions)):
         short = caption if len(caption) <= 40 else caption[:39] + '…'
         with tqdm(desc=f'[{index + 1}/{total}] {short}', unit='step', file=sys.stderr) as bar:
             def progress(generated: int, steps: int) -> None:
@@ -200,18 +250,19 @@ def run_generate(args: argparse.Namespace) -> int:
             model.set_custom_progress_callback(progress)
             torch.manual_seed(seed + index)
             with torch.no_grad():
-                wav = _generate_one(model, caption, audio, args)  # [C, T]
+                wav = _generate_one(model, caption, audio, args, extension)  # [C, T]
         _write_wav(wav, model.sample_rate, path)
         settings = {
             'caption': caption, 'file': path.name, 'model': args.model,
             'base': {'reference': model.base_reference, 'hash': model.base_hash},
+            'extension': {'name': extension, 'source': attached.get(extension, args.model if extension == OWN else None)},
             'extension_scale': model.extension_scale, 'duration': args.duration, 'seed': seed + index,
             'melody': str(audio.path) if args.melody is not None else None,
             'continue': str(audio.path) if args.continuation is not None else None,
             'sample_rate': model.sample_rate, 'channels': int(wav.shape[0]),
             'generation_params': model.generation_params, 'normalization': NORMALIZATION,
             'audiocraft_ext_version': __version__,
-            'command': regenerate_command(args, caption, seed + index, model.extension_scale),
+            'command': regenerate_command(args, caption, seed + index, model.extension_scale, extension),
         }
         atomic_write_text(path.with_suffix('.json'), json.dumps(settings, indent=2) + '\n')
         print(f"wrote {path}")

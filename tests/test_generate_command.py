@@ -97,6 +97,32 @@ def _cli(*args: str) -> int:
     return cli.main(['generate', *map(str, args)])
 
 
+def test_attached_extensions_and_the_base_per_caption(models, tmp_path):
+    """--attach and --extensions: each caption's file is what the model of its extension (or the
+    base alone) writes for it with the same seed, and its JSON names the extension."""
+    common = ['--duration', '0.3', '--seed', '3']
+    assert _cli(models['text'], 'calm', 'fast', 'slow', *common, '--attach', f'other={models["other"]}',
+                '--extensions', 'own,other,base', '--out', tmp_path / 'mixed') == 0
+    assert _cli(models['other'], 'x', 'fast', *common, '--out', tmp_path / 'other') == 0
+    assert _cli(models['text'], 'x', 'y', 'slow', *common, '--scale', '0', '--out', tmp_path / 'base') == 0
+    assert _cli(models['text'], 'calm', *common, '--out', tmp_path / 'own') == 0
+    mixed = tmp_path / 'mixed'
+    assert np.array_equal(samples(mixed / '000_calm.wav'), samples(tmp_path / 'own' / '000_calm.wav'))
+    assert np.array_equal(samples(mixed / '001_fast.wav'), samples(tmp_path / 'other' / '001_fast.wav'))
+    assert np.array_equal(samples(mixed / '002_slow.wav'), samples(tmp_path / 'base' / '002_slow.wav'))
+    assert not np.array_equal(samples(mixed / '001_fast.wav'), samples(tmp_path / 'base' / '001_y.wav'))
+    settings = json.loads((mixed / '001_fast.json').read_text())
+    assert settings['extension'] == {'name': 'other', 'source': str(models['other'])}
+    assert f'--attach=other={models["other"]}' in settings['command'] and '--extensions other' in settings['command']
+    # An extension of another base is refused before anything is written.
+    from audiocraft_ext import ExtendedMusicGen
+    stranger = ExtendedMusicGen.from_base(build_tiny_musicgen('text', seed=5), num_additional_layers=1)
+    stranger_file = stranger.save(tmp_path / 'stranger.safetensors')
+    assert _cli(models['text'], 'calm', *common, '--attach', f'stranger={stranger_file}', '--out',
+                tmp_path / 'refused') == 2
+    assert not (tmp_path / 'refused').exists()
+
+
 def test_scale_zero_is_the_base_and_overwrite_replaces(models, tmp_path):
     """--scale 0 removes the new layers exactly: two models that differ only there generate the same."""
     common = ['calm piano', '--duration', '0.3', '--seed', '3']
@@ -155,6 +181,12 @@ BAD_INPUTS = [
      '--continue long.wav lasts 1.00 s, not shorter than --duration 0.5: trim it or raise --duration.'),
     ('three channels', ['calm', '--melody', 'three.wav'], '--melody three.wav has 3 channels: give a mono or stereo'),
     ('out is a file', ['calm', '--out', 'notes.txt'], '--out notes.txt is a file: give a folder.'),
+    ('attach without a name', ['calm', '--attach', 'lofi.safetensors'],
+     '--attach lofi.safetensors: give NAME=EXTENSION, NAME a Python identifier other than'),
+    ('extensions of another count', ['calm', 'fast', '--extensions', 'own,base,own'],
+     '--extensions names 3 extensions for 2 captions: give one per caption, or one for all.'),
+    ('extension not attached', ['calm', '--extensions', 'lofi'],
+     "--extensions lofi: no such extension; use 'own', 'base' or a name given with --attach (none given)."),
 ]
 
 
