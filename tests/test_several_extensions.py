@@ -11,7 +11,7 @@ from doc_blocks import documented_block
 from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.io.errors import CheckpointError
 from audiocraft_ext.models.inputs import GenerationInputError
-from audiocraft_ext.models.tiny import build_tiny_musicgen
+from audiocraft_ext.models.tiny import build_tiny_musicgen, offline_demucs
 
 USAGE = Path(__file__).resolve().parents[1] / 'docs' / 'USAGE.md'
 CAPTIONS = ['calm piano', 'fast drums', 'a tone', 'slow strings']
@@ -132,3 +132,27 @@ def test_the_documented_script_mixes_three_extensions_and_the_base(exported_base
     assert model.extension_names == ['own', 'lofi', 'chip'] and wav.shape[:2] == (4, 1)
     assert abs(wav.shape[-1] / model.sample_rate - 0.5) < 0.05
     assert torch.isfinite(wav).all() and wav.abs().amax(dim=-1).min() > 0
+
+
+def test_melody_generation_of_a_mixed_batch_equals_separate_models(perturb_extension, melody_wav):
+    """generate_with_chroma on a melody base: every item as its own model (or the base) generates it."""
+    with offline_demucs():
+        base = build_tiny_musicgen('melody', seed=0)
+        models = []
+        for seed in (1, 2):
+            model = ExtendedMusicGen.from_base(base, num_additional_layers=1, device='cpu')
+            perturb_extension(model.lm, seed, std=0.2)
+            model.set_generation_params(duration=0.3, use_sampling=False)
+            models.append(model)
+        host, other = models
+        host.attach('other', other)
+        base.set_generation_params(duration=0.3, use_sampling=False)
+        melodies = [melody_wav(host.sample_rate, freq=220.0 * (index + 1)) for index in range(3)]
+        captions = CAPTIONS[:3]
+        mixed = host.generate_with_chroma(captions, melodies, host.sample_rate, return_tokens=True,
+                                          extensions=['own', 'other', None])[1]
+        alone = [model.generate_with_chroma(captions, melodies, host.sample_rate, return_tokens=True)[1]
+                 for model in (host, other, base)]
+    assert len({tuple(tokens.flatten().tolist()) for tokens in alone}) == 3
+    for index, tokens in enumerate(alone):
+        assert torch.equal(mixed[index], tokens[index]), index
