@@ -8,8 +8,10 @@ import torch
 
 from audiocraft.modules.conditioners import ConditioningAttributes
 from doc_blocks import documented_block
+from hub_cache import hub_repo
 from audiocraft_ext import ExtendedMusicGen
 from audiocraft_ext.io.errors import CheckpointError
+from audiocraft_ext.io.exported_layout import COMPRESSION_FILE, LM_FILE
 from audiocraft_ext.models.inputs import GenerationInputError
 from audiocraft_ext.models.tiny import build_tiny_musicgen, offline_demucs
 
@@ -156,3 +158,32 @@ def test_melody_generation_of_a_mixed_batch_equals_separate_models(perturb_exten
     assert len({tuple(tokens.flatten().tolist()) for tokens in alone}) == 3
     for index, tokens in enumerate(alone):
         assert torch.equal(mixed[index], tokens[index]), index
+
+
+def test_attach_from_a_hub_id_and_a_training_run_signature(exported_bases, egs, dora_dir, tmp_path, monkeypatch,
+                                                           perturb_extension, run_xp):
+    """A Hugging Face id (offline, from a filled cache) and `//sig/SIG` with its Dora folder; a hub id
+    that holds a MusicGen, not an extension, is refused."""
+    import huggingface_hub.constants
+    cache = tmp_path / 'hub'
+    hub_repo(cache, 'someone/tiny-musicgen', {name: exported_bases['text'] / name for name in (LM_FILE, COMPRESSION_FILE)})
+    monkeypatch.setenv('AUDIOCRAFT_CACHE_DIR', str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    host = ExtendedMusicGen.from_base('someone/tiny-musicgen', 1, device='cpu')
+    shared = ExtendedMusicGen.from_base('someone/tiny-musicgen', 2, device='cpu')
+    perturb_extension(shared.lm, 3)
+    upload = shared.save(tmp_path / 'upload', include_base=False)
+    hub_repo(cache, 'someone/tiny-extension', {path.name: path for path in upload.iterdir()})
+    host.attach('shared', 'someone/tiny-extension')
+    xp, solver = run_xp(['solver=extended_musicgen_debug', f'pretrained_model_checkpoint={exported_bases["text"]}',
+                         f'egs_root={egs}', 'generate.every=100', 'evaluate.every=100', 'label=attach_sig'])
+    host.attach('run', f'//sig/{xp.sig}', dora_dir=dora_dir)
+    assert host.extension_names == ['own', 'shared', 'run']
+    codes = torch.randint(0, host.lm.card, (2, host.lm.num_codebooks, 10), generator=torch.Generator().manual_seed(1))
+    with host.lm.routed(['shared', 'run']):
+        mixed = logits(host.lm, codes, CAPTIONS[:2])
+    trained = ExtendedMusicGen.from_solver_checkpoint(xp.folder, device='cpu')
+    torch.testing.assert_close(mixed[0:1], logits(shared.lm, codes[0:1], CAPTIONS[:1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed[1:2], logits(trained.lm, codes[1:2], CAPTIONS[1:2]), atol=1e-5, rtol=0)
+    with pytest.raises(CheckpointError, match='is a MusicGen, not an extension'):
+        host.attach('musicgen', 'someone/tiny-musicgen')
