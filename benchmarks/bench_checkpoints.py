@@ -12,7 +12,6 @@ exported), and nothing to an extension-only file.
     python benchmarks/bench_checkpoints.py --preset cpu           # one of them
 """
 import argparse
-import json
 from pathlib import Path
 import tempfile
 import typing as tp
@@ -115,9 +114,7 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> tp.List[tp.Dict[str, tp.Any]
         results.append(measure(preset))
         texts.append(report(results[-1]))
         print(texts[-1], flush=True)
-    out = common.ensure_out(args.out)
-    (out / 'bench_checkpoints.json').write_text(json.dumps(results, indent=1))
-    (out / 'bench_checkpoints.txt').write_text('\n'.join(texts) + '\n')
+    common.write_results(args.out, 'bench_checkpoints', results, '\n'.join(texts))
     return results
 
 

@@ -15,7 +15,6 @@ one generation (`common.peak_step_bytes`, 0.2 s of audio), and the generation ti
 this process, median over rounds that alternate the two sides), with their ratios.
 """
 import argparse
-import json
 import statistics
 import typing as tp
 
@@ -104,9 +103,7 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> tp.List[dict]:
     rows = [measure(shape, k, duration, repeats) for k in counts]
     text = f"{common.machine_description('cpu')}\n{report(rows, shape, duration)}"
     print(text, flush=True)
-    out = common.ensure_out(args.out)
-    (out / 'bench_extensions.json').write_text(json.dumps(rows, indent=1))
-    (out / 'bench_extensions.txt').write_text(text + '\n')
+    common.write_results(args.out, 'bench_extensions', rows, text)
     return rows
 
 

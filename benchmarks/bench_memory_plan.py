@@ -20,7 +20,6 @@ allocation and free reported to the profiler with the running total).
 import argparse
 import copy
 import gc
-import json
 import typing as tp
 
 import torch
@@ -234,11 +233,9 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> tp.Dict[str, tp.Any]:
                f"{'met' if worst <= BOUND else 'NOT MET'}.")
     lines += ['', summary]
     print('\n' + summary)
-    out = common.ensure_out(args.out)
     results = {'machine': common.machine_description('cpu'), 'rows': rows, 'worst': worst,
                'shapes': SHAPES, 'variants': {name: options for name, (_, options) in VARIANTS.items()}}
-    (out / 'bench_memory_plan.json').write_text(json.dumps(results, indent=1))
-    (out / 'bench_memory_plan.txt').write_text('\n'.join(lines) + '\n')
+    common.write_results(args.out, 'bench_memory_plan', results, '\n'.join(lines))
     return results
 
 

@@ -12,7 +12,6 @@ reference. Generation at N = 0 is the base MusicGen.
         --batch 8 --steps 500 1000 1500 3000 --durations 5 10 20 30
 """
 import argparse
-import json
 import statistics
 import typing as tp
 
@@ -223,10 +222,8 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> tp.Dict[str, tp.Any]:
     machine = common.machine_description(args.device)
     text = report(args, training, generation, machine)
     print(text)
-    out = common.ensure_out(args.out)
     results = {'config': vars(args), 'machine': machine, 'training': training, 'generation': generation}
-    (out / 'bench_scaling.json').write_text(json.dumps(results, indent=1))
-    (out / 'bench_scaling.txt').write_text(text + '\n')
+    out = common.write_results(args.out, 'bench_scaling', results, text)
     plot(args, training, generation, out / 'scaling.png')
     print(f"plot: {out / 'scaling.png'}")
     return results

@@ -30,7 +30,6 @@ extended L + 3N, feature cache 3N; at N = L/2 that is 0.83x and 0.5x of full fin
 import argparse
 import copy
 import gc
-import json
 import statistics
 import tempfile
 import typing as tp
@@ -291,9 +290,7 @@ def main(argv: tp.Optional[tp.List[str]] = None) -> tp.Dict[str, tp.Any]:
     results['machine'] = common.machine_description(args.device)
     text = report(results)
     print(text)
-    out = common.ensure_out(args.out)
-    (out / 'bench_training.json').write_text(json.dumps(results, indent=1))
-    (out / 'bench_training.txt').write_text(text + '\n')
+    common.write_results(args.out, 'bench_training', results, text)
     return results
 
 

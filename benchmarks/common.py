@@ -60,6 +60,14 @@ def ensure_out(path: tp.Union[str, Path]) -> Path:
     return out
 
 
+def write_results(path: tp.Union[str, Path], name: str, results: tp.Any, text: str) -> Path:
+    """`<path>/<name>.json` (every measurement) and `<path>/<name>.txt` (the printed report); the folder."""
+    out = ensure_out(path)
+    (out / f'{name}.json').write_text(json.dumps(results, indent=1))
+    (out / f'{name}.txt').write_text(text + '\n')
+    return out
+
+
 def synchronize(device: tp.Union[str, torch.device]) -> None:
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()
