@@ -81,8 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 OWN, BASE = 'own', 'base'  # the --extensions names of MODEL's own extension and of the base alone
 
 
-def check_extensions(args: argparse.Namespace) -> tp.Tuple[tp.Dict[str, str], tp.List[str]]:
-    """({name: source} of --attach, the --extensions name of each caption)."""
+# --attach's {name: source} and the --extensions name of each caption
+Extensions = tp.Tuple[tp.Dict[str, str], tp.List[str]]
+
+
+def check_extensions(args: argparse.Namespace) -> Extensions:
+    """--attach and --extensions, checked against the captions (before the model is loaded)."""
     attached: tp.Dict[str, str] = {}
     for entry in args.attach:
         name, _, source = entry.partition('=')
@@ -135,8 +139,9 @@ def read_audio_input(option: str, value: str) -> AudioInput:
     return AudioInput(path.resolve(), np.ascontiguousarray(data.T), sample_rate)
 
 
-def check_request(args: argparse.Namespace) -> tp.Tuple[tp.List[Path], tp.Optional[AudioInput]]:
-    """Everything that can be checked without the model: (WAV paths to write, melody/continuation)."""
+def check_request(args: argparse.Namespace) -> tp.Tuple[tp.List[Path], tp.Optional[AudioInput], Extensions]:
+    """Everything that can be checked without the model: (WAV paths to write, melody/continuation,
+    `check_extensions`)."""
     for index, caption in enumerate(args.captions):
         if not caption.strip():
             raise GenerateError(f"Caption {index + 1} is empty: describe the music to generate.")
@@ -147,7 +152,7 @@ def check_request(args: argparse.Namespace) -> tp.Tuple[tp.List[Path], tp.Option
                             f"{MAX_EXTENSION_SCALE:g} (0 = the base, 1 = the new layers as trained).")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise GenerateError(f"--seed {args.seed} is out of range: use an integer from 0 to {MAX_SEED}.")
-    check_extensions(args)
+    extensions = check_extensions(args)
     audio = None
     if args.melody is not None:
         audio = read_audio_input('--melody', args.melody)
@@ -166,12 +171,12 @@ def check_request(args: argparse.Namespace) -> tp.Tuple[tp.List[Path], tp.Option
         more = f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''
         raise GenerateError(f"{existing[0]} already exists{more}: choose another --out, or pass --overwrite "
                             "to replace it.")
-    return wavs, audio
+    return wavs, audio, extensions
 
 
 # ---- generation -----------------------------------------------------------------------------
 
-def load_model(args: argparse.Namespace, audio: tp.Optional[AudioInput]):
+def load_model(args: argparse.Namespace, audio: tp.Optional[AudioInput], attached: tp.Dict[str, str]):
     """The model with the requested settings; refuses a melody for a model without a melody conditioner."""
     from .models.extended_musicgen import ExtendedMusicGen
     try:
@@ -181,7 +186,7 @@ def load_model(args: argparse.Namespace, audio: tp.Optional[AudioInput]):
     if args.melody is not None and 'self_wav' not in model.lm.condition_provider.conditioners:
         raise GenerateError(f"--melody: {args.model} has no melody conditioner (a text-only base); use a model "
                             "extended from a melody base such as facebook/musicgen-melody, or drop --melody.")
-    for name, source in check_extensions(args)[0].items():
+    for name, source in attached.items():
         try:
             model.attach(name, source)
         except (FileNotFoundError, CheckpointError, ValueError, TypeError) as error:
@@ -230,8 +235,8 @@ def _write_wav(wav, sample_rate: int, path: Path) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """The `generate` command; returns the exit code (2 with one `error:` line for bad input)."""
     try:
-        wavs, audio = check_request(args)
-        model = load_model(args, audio)
+        wavs, audio, (attached, extensions) = check_request(args)
+        model = load_model(args, audio, attached)
     except GenerateError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -240,7 +245,6 @@ def run_generate(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), 'little')  # <= MAX_SEED
     wavs[0].parent.mkdir(parents=True, exist_ok=True)
     total = len(args.captions)
-    attached, extensions = check_extensions(args)
     for index, (caption, path, extension) in enumerate(zip(args.captions, wavs, extensions)):
         short = caption if len(caption) <= 40 else caption[:39] + '…'
         with tqdm(desc=f'[{index + 1}/{total}] {short}', unit='step', file=sys.stderr) as bar:
