@@ -8,6 +8,7 @@ import flashy
 import pytest
 import torch
 
+from adaptation_checks import gain_and_forgetting
 from audiocraft_ext import ExtendedLMModel
 from audiocraft_ext.data.replay_set import (DEFAULT_PROMPTS, GenerationSettings, ReplaySet, ReplaySetError,
                                             cached_replay_set, generate_replay_set, load_replay_set, read_prompts,
@@ -331,9 +332,8 @@ def test_solver_forgets_less_with_the_forgetting_control(exported_bases, egs, do
         assert (solver.forgetting is None) == (control == 'off')
         sets = json.loads((xp.folder / 'evaluation' / 'metrics.json').read_text())['sets']
         assert sets['reference']['source'] == 'generations'
-        results[control] = (sets['reference']['extended']['ce'] - sets['reference']['base']['ce'],
-                            sets['new']['base']['ce'] - sets['new']['extended']['ce'])
-    (forgetting_off, gain_off), (forgetting_on, gain_on) = results['off'], results['on']
+        results[control] = gain_and_forgetting(xp.folder)
+    (gain_off, forgetting_off), (gain_on, forgetting_on) = results['off'], results['on']
     assert forgetting_off > 0.5, results  # the setting forgets without the control
     assert forgetting_on < forgetting_off - 0.5 and forgetting_on < 0.35 * forgetting_off, results
     assert min(gain_off, gain_on) > 1.0, results
