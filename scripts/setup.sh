@@ -9,9 +9,9 @@
 #   2. uv, pinned (pip install --user), when the `uv` found is not that version.
 #   3. The locked environment (`uv sync --frozen --extra test`) in a venv outside the repository,
 #      ${AUDIOCRAFT_EXT_VENV:-$HOME/.cache/audiocraft-ext/venv}, so every checkout finds it warm.
-#   4. Once per (FFmpeg version, uv.lock): a check that torchcodec really loads FFmpeg.
 #      With --extras "NAME ...", also those optional extras of pyproject.toml (tensorboard, wandb,
 #      metrics); the names are kept in the venv, so every later run (every `make`) syncs them too.
+#   4. Once per (FFmpeg version, uv.lock): a check that torchcodec really loads FFmpeg.
 #   5. Only with --browser (`make test`): Debian's `chromium`, for the test that opens the HTML
 #      report in a headless browser. Failing to install it is not fatal: that test then skips
 #      and says why (it fails where CI is set). `make demo` never installs it.

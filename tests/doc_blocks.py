@@ -1,5 +1,6 @@
 """The fenced code block a doc page marks with `<!-- MARKER -->` on the line before it: what the
-tests of documented commands run as written, in a new shell after `make` (`new_shell_script`). Test modules import this file as they import `browser`."""
+tests of documented commands run as written, in a new shell after `make` (`new_shell_script`).
+Test modules import this file as they import `browser`."""
 import os
 from pathlib import Path
 import sys
