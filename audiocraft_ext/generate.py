@@ -31,7 +31,7 @@ import typing as tp
 from . import __version__
 from .io.atomic import atomic_path, atomic_write_text
 from .io.errors import CheckpointError
-from .models.extension_scale import MAX_EXTENSION_SCALE
+from .models.extension_config import ExtensionConfig
 
 MAX_SEED = 2 ** 32 - 1
 # Peak-normalised (1 dB headroom), as the evaluation's samples and the demo's clips: loudness
@@ -147,9 +147,11 @@ def check_request(args: argparse.Namespace) -> tp.Tuple[tp.List[Path], tp.Option
             raise GenerateError(f"Caption {index + 1} is empty: describe the music to generate.")
     if not math.isfinite(args.duration) or args.duration <= 0:
         raise GenerateError(f"--duration {args.duration:g} is not a positive number of seconds.")
-    if args.scale is not None and (not math.isfinite(args.scale) or not 0 <= args.scale <= MAX_EXTENSION_SCALE):
-        raise GenerateError(f"--scale {args.scale:g} is out of range: use a value from 0 to "
-                            f"{MAX_EXTENSION_SCALE:g} (0 = the base, 1 = the new layers as trained).")
+    if args.scale is not None:
+        try:
+            ExtensionConfig(extension_scale=args.scale)
+        except ValueError as error:
+            raise GenerateError(f"--scale: {error}") from None
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise GenerateError(f"--seed {args.seed} is out of range: use an integer from 0 to {MAX_SEED}.")
     extensions = check_extensions(args)

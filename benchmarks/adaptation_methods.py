@@ -20,7 +20,7 @@ between the base and the trained state (the trade-off curve).
 
 Every method's step is the same: a new-domain batch (conditions dropped out as in MusicGenSolver),
 MusicGen's masked cross entropy, plus the forgetting control's terms when the method has one
-(`audiocraft_ext.solvers.replay.ForgettingControl`, the solver's own code), backward, clipping
+(`audiocraft_ext.solvers.forgetting.ForgettingControl`, the solver's own code), backward, clipping
 at 1.0, AdamW (MusicGen's betas and weight decay), AudioCraft's cosine schedule with warm-up.
 """
 import copy
@@ -38,7 +38,7 @@ from audiocraft.solvers.musicgen import MusicGenSolver
 from audiocraft_ext.data.replay_set import ReplaySet
 from audiocraft_ext.models.extended_lm import ExtendedLMModel, FrozenBaseWithExtension
 from audiocraft_ext.models.feature_cache import BaseFeatureCache
-from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict
+from audiocraft_ext.solvers.forgetting import ForgettingConfig, ForgettingControl, GeneratedReplay, replay_predict
 
 from common import storage_bytes
 from adaptation_task import Codes, Task, attributes, cosine_schedule, optim_config, seed_condition_dropouts
@@ -251,13 +251,15 @@ class Trainer:
             source_set = self.task.replay if self.method.replay == 'generated' else ReplaySet(
                 self.task.codes['old']['train'].codes, self.task.codes['old']['train'].captions)
             source = GeneratedReplay(source_set, self.adapted.lm, self.task.sample_rate, seed=self.seed + 1)
-            self.control = ForgettingControl(source, self.method.ratio, self.method.ce_weight, self.method.distill)
-        self.predict = self.adapted.predict
-        if self.method.cache_replay:
-            assert isinstance(self.adapted, Extension), "the feature cache is the extension's"
-            self._cache_dir = tempfile.TemporaryDirectory(prefix='bench_adaptation_cache_')
-            self.feature_cache = BaseFeatureCache(self._cache_dir.name, self.adapted.lm.base_transformer)
-            self.predict = replay_predict(self.adapted.lm, self.feature_cache)
+            predict = self.adapted.predict
+            if self.method.cache_replay:
+                assert isinstance(self.adapted, Extension), "the feature cache is the extension's"
+                self._cache_dir = tempfile.TemporaryDirectory(prefix='bench_adaptation_cache_')
+                self.feature_cache = BaseFeatureCache(self._cache_dir.name, self.adapted.lm.base_transformer)
+                predict = replay_predict(self.adapted.lm, self.feature_cache)
+            config = ForgettingConfig(ratio=self.method.ratio, ce_weight=self.method.ce_weight,
+                                      distill_weight=self.method.distill)
+            self.control = ForgettingControl(source, config, predict, musicgen_cross_entropy)
 
     def step(self) -> float:
         lm = self.adapted.lm
@@ -268,7 +270,7 @@ class Trainer:
         ce, _ = musicgen_cross_entropy(output.logits, codes, output.mask)
         loss = ce
         if self.control is not None:
-            extra, _ = self.control.loss(self.predict, musicgen_cross_entropy, self.batch_size, 'cpu')
+            extra, _ = self.control.loss(self.batch_size, 'cpu')
             loss = loss + extra
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.adapted.params, 1.0)

@@ -30,7 +30,7 @@ from audiocraft.solvers.musicgen import MusicGenSolver
 from audiocraft_ext.data.replay_set import ReplaySet
 from audiocraft_ext.models import memory_plan
 from audiocraft_ext.models.extended_lm import ExtendedLMModel
-from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict
+from audiocraft_ext.solvers.forgetting import ForgettingConfig, ForgettingControl, GeneratedReplay, replay_predict
 
 import common
 
@@ -73,7 +73,6 @@ class SolverStep:
         self.params = [p for p in lm.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, eps=1e-8,
                                            foreach=True)
-        self.predict = replay_predict(lm) if control is not None else None
         self.descriptions = [f'random prompt {i}' for i in range(codes.shape[0])]
 
     def _autocast(self):
@@ -91,9 +90,7 @@ class SolverStep:
             ce, _ = MusicGenSolver._compute_cross_entropy(None, logits, self.codes, model_output.mask)  # type: ignore
             loss = ce
             if self.control is not None:
-                def cross_entropy(*args):
-                    return MusicGenSolver._compute_cross_entropy(None, *args)  # type: ignore
-                extra, _ = self.control.loss(self.predict, cross_entropy, self.codes.shape[0], 'cpu')
+                extra, _ = self.control.loss(self.codes.shape[0], 'cpu')
                 loss = ce + extra
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
@@ -122,7 +119,10 @@ def build_step(base_lm, sizes: tp.Dict[str, int], full: bool, settings: memory_p
         generator = torch.Generator().manual_seed(1)
         codes = torch.randint(0, sizes['card'], (8, sizes['n_q'], sizes['frames']), generator=generator)
         source = GeneratedReplay(ReplaySet(codes, [f'replay prompt {i}' for i in range(8)]), lm, SAMPLE_RATE, seed=1)
-        control = ForgettingControl(source, settings.replay_ratio, ce_weight=0.0, distill_weight=1.0)
+        def cross_entropy(*args):
+            return MusicGenSolver._compute_cross_entropy(None, *args)  # type: ignore
+        config = ForgettingConfig(ratio=settings.replay_ratio, ce_weight=0.0, distill_weight=1.0)
+        control = ForgettingControl(source, config, replay_predict(lm), cross_entropy)
     return SolverStep(lm, batch.codes, autocast, control)
 
 

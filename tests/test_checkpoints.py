@@ -478,7 +478,7 @@ def test_convert_and_info_of_a_legacy_file(exported_bases, tmp_path, capsys, mod
                 'base': {'reference': model.base_reference, 'hash': model.base_hash,
                          'lm_cfg': OmegaConf.to_yaml(model.lm.cfg), 'lm_state': model.lm.base_state_dict(),
                          'compression': compression_package(model.compression_model, model.base_reference)},
-                'extension': {'config': model.lm.extension_config, 'state': model.lm.extension_state_dict()}},
+                'extension': {'config': model.lm.extension_config.to_dict(), 'state': model.lm.extension_state_dict()}},
                legacy)
     expected = model_logits(model)
     assert torch.equal(model_logits(_load(legacy)), expected)

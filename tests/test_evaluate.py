@@ -6,6 +6,7 @@ trained on the 'new' domain, and `audiocraft_ext.evaluate` runs in-process on th
 report's cross entropies are checked against a computation made here from the files on disk
 (soundfile + captions, `ExtendedMusicGen` from the checkpoint, `F.cross_entropy`).
 """
+from contextlib import contextmanager
 import json
 import math
 import os
@@ -54,9 +55,34 @@ def evaluated(data, dora_dir, single_thread_torch, run_xp):
     old, _ = run_xp(train_argv('//tiny/text', data / 'old', 'optim.updates_per_epoch=8',
                             'evaluate.compare_base=false', 'evaluate.metrics.base=false'))
     new, _ = run_xp(train_argv(f'//sig/{old.sig}', data / 'new', 'optim.updates_per_epoch=16'))
-    report = evaluate.run(['--config=solver/extended_musicgen', f'sig={new.sig}',
-                           f'evaluate.reference_dset={data / "old"}', f'evaluate.scale_sweep={SWEEP}'])
-    return new, report
+    with calls_from_evaluation_into_solvers() as calls_back:
+        report = evaluate.run(['--config=solver/extended_musicgen', f'sig={new.sig}',
+                               f'evaluate.reference_dset={data / "old"}', f'evaluate.scale_sweep={SWEEP}'])
+    return new, report, calls_back
+
+
+@contextmanager
+def calls_from_evaluation_into_solvers() -> tp.Iterator[tp.List[str]]:
+    """Records every call of a function of `audiocraft_ext/solvers/` made while a function of
+    `audiocraft_ext/evaluation/` is on the stack: evaluation reads its `EvaluationInputs`, and calls
+    nothing of ours above it."""
+    solvers, evaluation = str(ROOT / 'audiocraft_ext' / 'solvers'), str(ROOT / 'audiocraft_ext' / 'evaluation')
+    calls: tp.List[str] = []
+
+    def profile(frame, event, arg):
+        if event == 'call' and frame.f_code.co_filename.startswith(solvers):
+            caller = frame.f_back
+            while caller is not None:
+                if caller.f_code.co_filename.startswith(evaluation):
+                    calls.append(f'{caller.f_code.co_name} -> {frame.f_code.co_filename}:{frame.f_code.co_name}')
+                    break
+                caller = caller.f_back
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield calls
+    finally:
+        sys.setprofile(previous)
 
 
 def independent_ce(model, manifest: Path, scale: float) -> tp.Tuple[float, tp.List[float]]:
@@ -84,7 +110,7 @@ def independent_ce(model, manifest: Path, scale: float) -> tp.Tuple[float, tp.Li
 
 
 def test_extension_adapts_to_the_new_domain(evaluated):
-    xp, report = evaluated
+    xp, report, _ = evaluated
     new = report['sets']['new']
     print('\n' + format_table(report))
     # 32 updates on the new tones: measured gain 0.258 nats/token; the old domain's tones, which the
@@ -114,8 +140,16 @@ def test_extension_adapts_to_the_new_domain(evaluated):
     assert len(json.loads((xp.folder / 'history.json').read_text())) == 2
 
 
+def test_evaluation_never_calls_back_into_the_solver(evaluated):
+    """The evaluate stage gets what it reads in `EvaluationInputs`; none of its functions calls ours in
+    `solvers/` (a call the import contract cannot see)."""
+    _, report, calls_back = evaluated
+    assert report['sets']['new']['extended']['ce'] > 0  # the stage ran under the recorder
+    assert calls_back == []
+
+
 def test_report_matches_an_independent_computation(evaluated, data):
-    xp, report = evaluated
+    xp, report, _ = evaluated
     model = ExtendedMusicGen.from_solver_checkpoint(xp.folder / 'checkpoint.th', device='cpu')
     for set_name, manifest in (('new', data / 'new' / 'evaluate'), ('reference', data / 'old' / 'evaluate')):
         assert report['sets'][set_name]['dataset'] == str(manifest)
@@ -130,7 +164,7 @@ def test_report_matches_an_independent_computation(evaluated, data):
 
 
 def test_audio_metrics_and_samples(evaluated):
-    xp, report = evaluated
+    xp, report, _ = evaluated
     audio = report['audio']
     assert audio['num_items'] == 3
     for model_name in ('base', 'extended', 'reconstruction'):
@@ -183,7 +217,7 @@ def test_unavailable_audiocraft_metrics_fail_early_and_clearly():
 def test_listening_report(evaluated, dora_dir, tmp_path, parse_html):
     """The evaluate stage wrote report.html; `audiocraft-ext report SIG` rebuilds the same page."""
     from browser import check_page
-    xp, report = evaluated
+    xp, report, _ = evaluated
     page = xp.folder / 'evaluation' / 'report' / 'report.html'
     html = page.read_text(encoding='utf-8')
     checker = parse_html(page)
@@ -230,7 +264,7 @@ def test_dora_dir_is_passed_in_not_set_globally(dora_dir, tmp_path):
 @pytest.mark.slow
 def test_command_line_on_a_checkpoint_file(evaluated, data, tmp_path):
     """`python -m audiocraft_ext.evaluate checkpoint=PATH`: a new XP continue_from=PATH holds the report."""
-    xp, report = evaluated
+    xp, report, _ = evaluated
     env = dict(os.environ, PYTHONWARNINGS='ignore')
     result = subprocess.run(
         [sys.executable, '-m', 'audiocraft_ext.evaluate', '--config=solver/extended_musicgen_debug',

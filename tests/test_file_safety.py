@@ -81,7 +81,7 @@ def _legacy_file(model: ExtendedMusicGen, path: Path, include_base: bool = True)
                     compression=compression_package(model.compression_model, model.base_reference))
     torch.save({'format': extension_files.LEGACY_FORMAT, 'format_version': 1, 'audiocraft_ext_version': '0.1.0',
                 'name': model.name, 'max_duration': model.max_duration, 'base': base,
-                'extension': {'config': model.lm.extension_config, 'state': model.lm.extension_state_dict()}}, path)
+                'extension': {'config': model.lm.extension_config.to_dict(), 'state': model.lm.extension_state_dict()}}, path)
     return path
 
 

@@ -16,13 +16,23 @@ from audiocraft_ext.data.replay_set import (DEFAULT_PROMPTS, GenerationSettings,
 from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.models.feature_cache import BaseFeatureCache
-from audiocraft_ext.solvers import replay_config
-from audiocraft_ext.solvers.replay import ForgettingControl, GeneratedReplay, replay_predict, replay_size
+from audiocraft_ext.solvers.forgetting import (BaseGenerations, ForgettingConfig, ForgettingControl, GeneratedReplay,
+                                               ManifestReplay, build_forgetting_control, replay_predict, replay_size)
 
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
 FRAMES = 10
 PROMPTS = ['calm ambient pad, 70 bpm', 'fast plucked arpeggio, 130 bpm', 'mellow flute melody']
+
+
+def _musicgen_ce(*args):
+    from audiocraft.solvers.musicgen import MusicGenSolver
+    return MusicGenSolver._compute_cross_entropy(None, *args)  # type: ignore
+
+
+def _control(source, predict, ratio: float = 1.0, ce_weight: float = 0.0, distill_weight: float = 1.0):
+    config = ForgettingConfig(ratio=ratio, ce_weight=ce_weight, distill_weight=distill_weight)
+    return ForgettingControl(source, config, predict, _musicgen_ce)
 
 
 def _generate(lm, seed: int, num_samples: int = 4):
@@ -105,11 +115,10 @@ def test_replay_batches_come_from_the_replay_source_in_the_ratio(ratio, batch_si
     base = build_tiny_musicgen('text')
     lm = ExtendedLMModel(base.lm, 1).train()
     replay = _generate(base.lm, 0, num_samples=5)
-    control = ForgettingControl(GeneratedReplay(replay, lm, 16000, seed=0), ratio, ce_weight=1.0, distill_weight=1.0)
     predict = RecordingPredict(lm)
-    from audiocraft.solvers.musicgen import MusicGenSolver
+    control = _control(GeneratedReplay(replay, lm, 16000, seed=0), predict, ratio, ce_weight=1.0, distill_weight=1.0)
     for _ in range(3):
-        control.loss(predict, lambda *a: MusicGenSolver._compute_cross_entropy(None, *a), batch_size, 'cpu')
+        control.loss(batch_size, 'cpu')
     for codes, conditions in predict.batches:
         assert codes.shape[0] == expected == len(conditions)
         for row, attributes in zip(codes, conditions):
@@ -155,15 +164,15 @@ def _adapt(distill_weight: float, steps: int = 25, ce_weight: float = 0.0) -> Ad
     torch.manual_seed(0)
     lm = ExtendedLMModel(base.lm, 1).train()
     optimizer = torch.optim.AdamW(lm.trainable_parameters(), lr=1e-2, weight_decay=0.0)
-    control = ForgettingControl(GeneratedReplay(replay, lm, 16000, seed=0), 1.0, ce_weight=ce_weight,
-                                distill_weight=distill_weight) if distill_weight or ce_weight else None
+    control = _control(GeneratedReplay(replay, lm, 16000, seed=0), lm.compute_predictions_with_base, 1.0,
+                       ce_weight=ce_weight, distill_weight=distill_weight) if distill_weight or ce_weight else None
     ce_fn = lambda *a: MusicGenSolver._compute_cross_entropy(None, *a)  # noqa: E731
     for step in range(steps):
         codes = new_codes[(4 * step) % 16:(4 * step) % 16 + 4]
         out = lm.compute_predictions(codes, [ConditioningAttributes(text={'description': 'new domain'})] * 4)
         loss, _ = ce_fn(out.logits, codes, out.mask)
         if control is not None:
-            extra, _ = control.loss(lm.compute_predictions_with_base, ce_fn, 4, 'cpu')
+            extra, _ = control.loss(4, 'cpu')
             loss = loss + extra
         optimizer.zero_grad()
         loss.backward()
@@ -208,9 +217,7 @@ def test_replay_cross_entropy_fits_the_replayed_examples():
 def test_replay_features_from_the_cache_train_the_same(tmp_path):
     """The base's output on replay examples read from a feature cache: the same training (up to the float
     rounding of a smaller batch for the examples missing from it), with hits."""
-    from audiocraft.solvers.musicgen import MusicGenSolver
     base, replay, _, _ = _tiny_old_and_new()
-    ce_fn = lambda *a: MusicGenSolver._compute_cross_entropy(None, *a)  # noqa: E731
     trained = []
     for cached in (False, True):
         torch.manual_seed(0)
@@ -221,9 +228,9 @@ def test_replay_features_from_the_cache_train_the_same(tmp_path):
         cache = BaseFeatureCache(tmp_path, lm.base_transformer) if cached else None
         optimizer = torch.optim.AdamW(lm.trainable_parameters(), lr=1e-2)
         small = ReplaySet(replay.codes[:3], replay.prompts[:3])  # 3 examples: they come back at once
-        control = ForgettingControl(GeneratedReplay(small, lm, 16000, seed=0), 1.0, 0.0, 1.0)
+        control = _control(GeneratedReplay(small, lm, 16000, seed=0), replay_predict(lm, cache))
         for _ in range(6):
-            loss, _ = control.loss(replay_predict(lm, cache), ce_fn, 2, 'cpu')
+            loss, _ = control.loss(2, 'cpu')
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -235,52 +242,58 @@ def test_replay_features_from_the_cache_train_the_same(tmp_path):
         torch.testing.assert_close(trained[1][key], value, rtol=1e-3, atol=1e-5)  # batch-size rounding
 
 
-def _replay_cache_solver(tmp_path, source, **replay):
-    """What `replay_config.replay_feature_cache` reads of a solver: its config (the shipped replay keys,
-    `replay` overriding them), model, logger and forgetting control."""
-    import logging
-    import types
+def _shipped_config(tmp_path, **changes) -> ForgettingConfig:
+    """The shipped `replay.*` / `distill.*` keys, stored under `tmp_path`, with `changes`."""
+    from dataclasses import replace
     import omegaconf
-    shipped = omegaconf.OmegaConf.load(Path(replay_config.__file__).parent.parent / 'configs' / 'solver'
+    shipped = omegaconf.OmegaConf.load(Path(__file__).parent.parent / 'audiocraft_ext' / 'configs' / 'solver'
                                        / 'extended_musicgen.yaml')
-    cfg = omegaconf.OmegaConf.create({'replay': {**shipped.replay, 'cache_dir': str(tmp_path), **replay},
-                                      'feature_cache': shipped.feature_cache})
-    lm = ExtendedLMModel(build_tiny_musicgen('text').lm, 1).train()
-    control = ForgettingControl(source(lm), 1.0, 0.0, 1.0)
-    return types.SimpleNamespace(cfg=cfg, model=lm, logger=logging.getLogger('replay_cache_test'),
-                                 forgetting=control)
+    cfg = omegaconf.OmegaConf.create({'replay': {**shipped.replay, 'cache_dir': str(tmp_path)},
+                                      'distill': shipped.distill, 'cache': {'write': False},
+                                      'dataset': {'segment_duration': 1.0}})
+    return replace(ForgettingConfig.from_cfg(cfg), **changes)
 
 
-def _generated(lm):
-    return GeneratedReplay(_generate(lm, 0, num_samples=3), lm, 16000, seed=0)
+def _build(config: ForgettingConfig, caplog):
+    """The control `config` asks for on a tiny model, with its inputs explicit, and what it logged."""
+    import logging
+    from contextlib import nullcontext
+    base = build_tiny_musicgen('text')
+    lm = ExtendedLMModel(base.lm, 1).train()
+    logger = logging.getLogger('replay_cache_test')
+    frame_rate = FRAMES / config.duration  # FRAMES codes per generation
+    generations = BaseGenerations(config, lm, weights_hash(base.lm.state_dict()), 16000, frame_rate, nullcontext,
+                                  logger.info)
+    with caplog.at_level('INFO', logger='replay_cache_test'):
+        control = build_forgetting_control(config, lm, generations, loader=lambda size: [],
+                                           prepare=lambda batch: batch, cross_entropy=_musicgen_ce, batch_size=2,
+                                           seed=0, log=logger.info)
+    return lm, control
 
 
 def test_generated_replay_keeps_a_bounded_feature_cache_with_hits(tmp_path, caplog):
-    solver = _replay_cache_solver(tmp_path, _generated)
-    assert solver.cfg.replay.feature_cache and solver.cfg.replay.feature_cache_max_gb == 4  # the defaults
-    with caplog.at_level('INFO', logger='replay_cache_test'):
-        cache = replay_config.replay_feature_cache(solver)
+    assert _shipped_config(tmp_path).feature_cache and _shipped_config(tmp_path).feature_cache_max_gb == 4  # defaults
+    config = _shipped_config(tmp_path, num_samples=4, holdout=1, ratio=1.0)
+    lm, control = _build(config, caplog)
+    cache = control.feature_cache
     assert cache is not None and cache.max_bytes == 4 * 2 ** 30
     assert cache.folder.parent == tmp_path / 'features' and 'at most 4 GB' in caplog.text
-    from audiocraft.solvers.musicgen import MusicGenSolver
     torch.manual_seed(0)
-    for module in solver.model.modules():  # the condition dropouts' own generators
+    for module in lm.modules():  # the condition dropouts' own generators
         if isinstance(getattr(module, 'rng', None), torch.Generator):
             module.rng.manual_seed(0)
-    predict = replay_predict(solver.model, cache)
-    ce_fn = lambda *a: MusicGenSolver._compute_cross_entropy(None, *a)  # noqa: E731
-    for _ in range(4):  # 3 generations, drawn 2 at a time: some come back
-        solver.forgetting.loss(predict, ce_fn, 2, 'cpu')
-    assert cache.hits > 0 and cache.misses > 0
-    assert 0 < len(list(cache.folder.rglob('*.pt'))) == cache.misses
+    hit_rates = [float(control.loss(2, 'cpu')[1]['replay_cache_hits']) for _ in range(4)]
+    # 3 generations for training, drawn 2 at a time: the first draws miss, later ones come back.
+    assert hit_rates[0] < 1 and max(hit_rates) > 0, hit_rates
+    misses = round(sum(2 * (1 - rate) for rate in hit_rates))
+    assert 0 < len(list(cache.folder.rglob('*.pt'))) == misses  # one entry written per miss
 
 
 def test_manifest_replay_writes_no_feature_cache(tmp_path, caplog):
-    from audiocraft_ext.solvers.replay import ManifestReplay
-    solver = _replay_cache_solver(tmp_path, lambda lm: ManifestReplay([], lambda batch: batch))
-    with caplog.at_level('INFO', logger='replay_cache_test'):
-        assert replay_config.replay_feature_cache(solver) is None
-    said = [record.getMessage() for record in caplog.records]
+    config = _shipped_config(tmp_path, manifest=str(tmp_path / 'old'))
+    _, control = _build(config, caplog)
+    assert isinstance(control.source, ManifestReplay) and control.feature_cache is None
+    said = [record.getMessage() for record in caplog.records if 'feature cache' in record.getMessage()]
     assert len(said) == 1 and 'replay.manifest' in said[0] and 'never repeat' in said[0]
     assert not (tmp_path / 'features').exists()
 
@@ -295,8 +308,8 @@ def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, 
     control = solver.forgetting
     assert isinstance(control, ForgettingControl) and isinstance(control.source, GeneratedReplay)
     cfg = solver.cfg
-    assert control.ratio == cfg.replay.ratio and control.distill_weight == cfg.distill.weight
-    assert control.ce_weight == cfg.replay.ce_weight
+    assert control.config.ratio == cfg.replay.ratio and control.config.distill_weight == cfg.distill.weight
+    assert control.config.ce_weight == cfg.replay.ce_weight
     sets = [folder for folder in cache.iterdir() if folder.name != 'features']
     assert len(sets) == 1
     stored = load_replay_set(sets[0])
@@ -306,7 +319,7 @@ def test_solver_trains_with_the_default_forgetting_control(exported_bases, egs, 
     train = solver.history[-1]['train']
     assert {'replay_ce', 'distill_kl', 'loss', 'ce', 'replay_cache_hits'} <= set(train)
     assert cfg.replay.feature_cache and list((cache / 'features').rglob('*.pt'))
-    assert solver._replay_cache.max_bytes == int(cfg.replay.feature_cache_max_gb * 2 ** 30)
+    assert control.feature_cache.max_bytes == int(cfg.replay.feature_cache_max_gb * 2 ** 30)
     expected = train['ce'] + cfg.replay.ce_weight * train['replay_ce'] + cfg.distill.weight * train['distill_kl']
     assert train['loss'] == pytest.approx(expected, rel=1e-4)
     # No reference_dset: forgetting is measured on the held-out generations, and the report says so.
@@ -345,11 +358,10 @@ def test_solver_replays_an_old_domain_manifest(exported_bases, egs, dora_dir, tm
                          'replay.ratio=1.0', 'replay.ce_weight=1.0',
                          f'evaluate.reference_dset={egs}', 'evaluate.samples=false', 'evaluate.audio_metrics=false',
                          'generate.every=100'])
-    from audiocraft_ext.solvers.replay import ManifestReplay
     assert isinstance(solver.forgetting.source, ManifestReplay)
     assert solver.history[-1]['train']['replay_ce'] > 0
     # Random segments never repeat: no feature cache, not one file written for it.
-    assert solver._replay_cache is None and not list((tmp_path / 'replay').rglob('*.pt'))
+    assert solver.forgetting.feature_cache is None and not list((tmp_path / 'replay').rglob('*.pt'))
     assert 'replay_cache_hits' not in solver.history[-1]['train']
     report = json.loads((xp.folder / 'evaluation' / 'metrics.json').read_text())
     assert report['sets']['reference']['source'] == 'manifest'
@@ -365,8 +377,8 @@ def test_replay_manifest_batches_match_the_per_rank_batch_on_two_ranks(exported_
     monkeypatch.setattr(flashy.distrib, 'world_size', lambda: 2)
     monkeypatch.setattr(flashy.distrib, 'is_distributed', lambda: False)  # no process group: a plain loader
     solver.cfg.dataset.batch_size = 2  # what train.get_solver leaves on each of 2 ranks
-    control = replay_config.build_forgetting_control(solver)
-    batch = control.source.sample(replay_size(0.5, 2), 'cpu')
+    solver._build_forgetting_control()
+    batch = solver.forgetting.source.sample(replay_size(0.5, 2), 'cpu')
     assert batch.codes.shape[0] == 1
 
 

@@ -169,8 +169,8 @@ def _bad_files(root: Path) -> None:
 BAD_INPUTS = [
     ('duration zero', ['calm', '--duration', '0'], '--duration 0 is not a positive number of seconds.'),
     ('duration nan', ['calm', '--duration', 'nan'], '--duration nan is not a positive number of seconds.'),
-    ('negative scale', ['calm', '--scale', '-0.5'], '--scale -0.5 is out of range: use a value from 0 to 10'),
-    ('infinite scale', ['calm', '--scale', 'inf'], '--scale inf is out of range'),
+    ('negative scale', ['calm', '--scale', '-0.5'], '--scale: extension_scale=-0.5 is out of range: use a value from 0 to 10'),
+    ('infinite scale', ['calm', '--scale', 'inf'], '--scale: extension_scale=inf is out of range'),
     ('empty caption', ['calm', ' '], 'Caption 2 is empty: describe the music to generate.'),
     ('negative seed', ['calm', '--seed', '-1'], '--seed -1 is out of range: use an integer from 0 to 4294967295.'),
     ('melody missing', ['calm', '--melody', 'nope.wav'], '--melody nope.wav does not exist: give an audio file.'),

@@ -234,7 +234,7 @@ def write_run(base_dir: Path, model: ExtendedMusicGen, folder: Path) -> Path:
     torch.save({'model': state, 'best_state': {'model': state}, 'xp.sig': folder.name,
                 'xp.cfg': {'datasource': {'train': '/data/egs/new/train'}},
                 'base_model': {'format': SOLVER_CHECKPOINT_FORMAT, 'reference': str(base_dir),
-                               'hash': model.base_hash, 'extension_config': model.lm.extension_config}},
+                               'hash': model.base_hash, 'extension_config': model.lm.extension_config.to_dict()}},
                folder / 'checkpoint.th')
     return folder / 'checkpoint.th'
 

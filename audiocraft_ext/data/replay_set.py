@@ -3,7 +3,7 @@
 Nobody who fine-tunes MusicGen has its training data. What stands in for it is what the frozen
 base plays for prompts in the style of its captions: generated once, stored as codes with their
 prompts, and reused by every run on the same base (the forgetting control of
-`solvers.replay`, and `python -m audiocraft_ext.evaluate` to measure forgetting without old
+`solvers.forgetting`, and `python -m audiocraft_ext.evaluate` to measure forgetting without old
 data, on a held-out part).
 
 On disk, one folder per set, named by its key (`replay_set_key`: the base's weights hash, the
@@ -14,6 +14,7 @@ prompts, the seed, the sizes and the generation settings)::
 
 The folder is written beside and renamed into place, so an interrupted generation leaves no set.
 The same arguments give the same codes: every batch is drawn from a seed of its own.
+`BaseGenerations` makes or reads the set on first use, and hands out its training and held-out parts.
 """
 from dataclasses import dataclass
 import hashlib
@@ -21,6 +22,7 @@ import json
 from pathlib import Path
 import typing as tp
 
+import flashy
 from safetensors.torch import load_file, save_file
 import torch
 
@@ -185,3 +187,90 @@ def cached_replay_set(lm: torch.nn.Module, base_hash: str, prompts: tp.Sequence[
     save_replay_set(replay, folder, {'base_hash': base_hash, 'seed': int(seed), 'num_frames': int(num_frames),
                                      **settings.as_dict()})
     return replay
+
+
+class BaseGenerations:
+    """The replay set of the base's own generations, made or read (`cached_replay_set`) on first use.
+
+    Rank 0 generates it with the frozen base (`model`, an `ExtendedLMModel`, at `extension_scale=0`:
+    the base exactly) and stores it; the other ranks, and every later run on the same base, read it.
+    The last `holdout` items are held out: forgetting is measured on them.
+
+    Args:
+        model, base_hash: the extended model and the base's `weights_hash` (part of the set's key).
+        prompts (path or None): the prompts file (`read_prompts`).
+        num_samples, holdout, num_frames, sample_rate, seed, batch_size, settings, cache_dir: see
+            `cached_replay_set`.
+        autocast: returns the autocast context the model runs in.
+        log: an info logger (`logging.Logger.info`).
+    """
+    def __init__(self, model: torch.nn.Module, base_hash: str, prompts: tp.Optional[Path], num_samples: int,
+                 holdout: int, num_frames: int, sample_rate: int, seed: int, batch_size: int,
+                 settings: GenerationSettings, cache_dir: tp.Optional[Path],
+                 autocast: tp.Callable[[], tp.ContextManager], log: tp.Callable[..., None]):
+        self.model, self.base_hash, self.prompts = model, base_hash, prompts
+        self.num_samples, self.holdout, self.num_frames = num_samples, holdout, num_frames
+        self.sample_rate, self.seed, self.batch_size = sample_rate, seed, batch_size
+        self.settings, self.cache_dir = settings, cache_dir
+        self.autocast, self.log = autocast, log
+        self._replay_set: tp.Optional[ReplaySet] = None
+
+    @property
+    def replay_set(self) -> ReplaySet:
+        """All of them: the training part, then the held-out ones."""
+        if self._replay_set is None:
+            model = self.model
+            if not flashy.distrib.is_rank_zero():  # rank 0 generates; the others read what it stored
+                flashy.distrib.barrier()
+            was_training = model.training
+            try:
+                with model.scaled(0.0), self.autocast():  # scale 0: the frozen base exactly
+                    self._replay_set = cached_replay_set(
+                        model, base_hash=self.base_hash, prompts=read_prompts(self.prompts),
+                        num_samples=self.num_samples, num_frames=self.num_frames, sample_rate=self.sample_rate,
+                        seed=self.seed, cache_dir=self.cache_dir, batch_size=self.batch_size,
+                        settings=self.settings, log=self.log)
+            finally:
+                model.train(was_training)
+            if flashy.distrib.is_rank_zero():
+                flashy.distrib.barrier()
+        return self._replay_set
+
+    def training_part(self) -> ReplaySet:
+        return self.replay_set.split(self.holdout)[0]
+
+    def held_out(self, batch_size: int, device: tp.Any) -> 'HeldOutGenerations':
+        """The held-out part as evaluation batches."""
+        return HeldOutGenerations(self, batch_size, device)
+
+
+class HeldOutGenerations:
+    """The held-out part of the base's generations as evaluation batches: (codes [b, K, T], prompts) pairs,
+    with `prepare` turning one into (condition_tensors, codes, padding_mask) as evaluation does (no dropout)."""
+    def __init__(self, generations: BaseGenerations, batch_size: int, device: tp.Any):
+        replay = generations.replay_set
+        _, self.held_out = replay.split(generations.holdout)
+        if len(self.held_out) == 0:
+            raise ValueError("replay.holdout=0: no held-out generation to measure forgetting on. Set replay.holdout "
+                             "(e.g. 16) or evaluate.reference_dset to your old-domain data.")
+        self.model, self.sample_rate = generations.model, generations.sample_rate
+        self.autocast, self.device = generations.autocast, device
+        self.batches = [(self.held_out.codes[i:i + batch_size], self.held_out.prompts[i:i + batch_size])
+                        for i in range(0, len(self.held_out), batch_size)]
+        self.description = (f"the base's own generations: {len(self.held_out)} held out of the replay set "
+                            f"{replay.key} ({len(set(self.held_out.prompts))} prompts)")
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def prepare(self, batch: tp.Tuple[torch.Tensor, tp.List[str]]) -> tp.Tuple[dict, torch.Tensor, torch.Tensor]:
+        codes, prompts = batch
+        provider = self.model.condition_provider
+        tokenized = provider.tokenize(prompt_attributes(self.model, prompts, self.sample_rate))
+        with self.autocast():
+            condition_tensors = provider(tokenized)
+        codes = codes.to(self.device)
+        return condition_tensors, codes, torch.ones_like(codes, dtype=torch.bool)

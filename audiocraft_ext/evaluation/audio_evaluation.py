@@ -17,7 +17,8 @@ import torch
 
 from .audio_metrics import (FRECHET_LATENT_NAME, GaussianStats, build_optional_metric, check_optional_metrics,
                             encoder_latents, frechet_from_stats)
-from .lm_metrics import MODELS, extension_scale
+from .inputs import EvaluationInputs
+from .lm_metrics import MODELS
 
 
 def _audio_kwargs(cfg: omegaconf.DictConfig, function) -> dict:
@@ -27,14 +28,14 @@ def _audio_kwargs(cfg: omegaconf.DictConfig, function) -> dict:
     return {k: v for k, v in settings.items() if k in params and k not in ('format', 'sample_rate', 'wav')}
 
 
-def _text_attributes(solver, prompts: tp.Sequence[str]):
+def _text_attributes(inputs: EvaluationInputs, prompts: tp.Sequence[str]):
     """Conditions for text prompts, as `MusicGen` builds them (no melody for melody models)."""
     attributes = [ConditioningAttributes(text={'description': prompt}) for prompt in prompts]
-    if 'self_wav' in solver.model.condition_provider.conditioners:
+    if 'self_wav' in inputs.model.condition_provider.conditioners:
         for attr in attributes:
-            attr.wav['self_wav'] = WavCondition(torch.zeros((1, 1, 1), device=solver.device),
-                                                torch.tensor([0], device=solver.device),
-                                                sample_rate=[solver.cfg.sample_rate], path=[None])
+            attr.wav['self_wav'] = WavCondition(torch.zeros((1, 1, 1), device=inputs.device),
+                                                torch.tensor([0], device=inputs.device),
+                                                sample_rate=[inputs.cfg.sample_rate], path=[None])
     return attributes
 
 
@@ -46,17 +47,17 @@ def _fit_length(wav: torch.Tensor, length: int) -> torch.Tensor:
 
 class AudioEvaluation:
     """Generates from base and extended on the evaluate set; scores and saves the generations."""
-    def __init__(self, solver, out_dir: Path, scale: float):
-        self.solver = solver
-        self.cfg = solver.cfg
+    def __init__(self, inputs: EvaluationInputs, scale: float):
+        self.inputs = inputs
+        self.cfg = inputs.cfg
         self.scale = scale
-        self.out_dir = out_dir
+        out_dir = inputs.out_dir
         self.samples_dir = out_dir / 'samples'
         self.save_samples = bool(self.cfg.evaluate.get('samples', True))
         self.use_set_for_samples = self.save_samples and not list(self.cfg.evaluate.get('prompts') or [])
         self.frechet = bool(self.cfg.evaluate.get('audio_metrics', True))
         self.stats = {name: GaussianStats() for name in ('reference', 'reconstruction', *MODELS)}
-        conditioners = solver.model.condition_provider.conditioners
+        conditioners = inputs.model.condition_provider.conditioners
         self.chroma = None
         if self.cfg.evaluate.metrics.get('chroma_cosine') or \
                 (self.frechet and 'self_wav' in conditioners):
@@ -71,8 +72,8 @@ class AudioEvaluation:
         for model_name in MODELS:
             torch.manual_seed(seed)  # same draws for base and extended
             scale = 0.0 if model_name == 'base' else self.scale
-            with extension_scale(self.solver.model, scale):
-                gen = self.solver.run_generate_step(batch, gen_duration=duration, **self.solver.generation_params)
+            with self.inputs.model.scaled(scale):
+                gen = self.inputs.generate_step(batch, gen_duration=duration, **self.inputs.generation_params)
             out[model_name] = gen['gen_audio'].detach().float().cpu()
         return out
 
@@ -83,16 +84,15 @@ class AudioEvaluation:
 
     @torch.no_grad()
     def run(self) -> dict:
-        solver, cfg = self.solver, self.cfg
-        loader = solver.dataloaders['evaluate']
+        inputs, cfg = self.inputs, self.cfg
         limit = cfg.evaluate.get('num_generations')
         normalize_kwargs = _audio_kwargs(cfg, normalize_audio)
         normalize_kwargs['sample_rate'] = cfg.sample_rate
         rank = flashy.distrib.rank()
-        compression = solver.compression_model
+        compression = inputs.compression_model
         seen = 0
         durations = []
-        lp = solver.log_progress('evaluate_generation', loader, total=len(loader), updates=solver.log_updates)
+        lp = inputs.with_progress('evaluate_generation', inputs.loader)
         for batch in lp:
             audio, meta = batch
             if limit is not None:
@@ -107,7 +107,7 @@ class AudioEvaluation:
             sample_rates = torch.tensor([m.sample_rate for m in meta])
             if self.frechet:
                 self.stats['reference'].update(encoder_latents(compression, audio, sizes))
-                tokens, scale = compression.encode(audio.to(solver.device))
+                tokens, scale = compression.encode(audio.to(inputs.device))
                 reconstruction = compression.decode(tokens, scale).float().cpu()
                 self.stats['reconstruction'].update(encoder_latents(compression, _fit_length(reconstruction, length), sizes))
             for model_name, wav in generations.items():
@@ -142,19 +142,19 @@ class AudioEvaluation:
     def _generate_prompts(self, prompts: tp.List[str], duration: float) -> None:
         if not flashy.distrib.is_rank_zero():
             return
-        solver = self.solver
-        batch_size = max(1, int(solver.cfg.dataset.batch_size))
+        inputs = self.inputs
+        batch_size = max(1, int(self.cfg.dataset.batch_size))
         seed = int(self.cfg.evaluate.get('seed', 0))
-        total_len = int(round(duration * solver.compression_model.frame_rate))
+        total_len = int(round(duration * inputs.compression_model.frame_rate))
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             for model_name in MODELS:
                 torch.manual_seed(seed + start)
                 scale = 0.0 if model_name == 'base' else self.scale
-                with extension_scale(solver.model, scale), solver.autocast:
-                    tokens = solver.model.generate(None, _text_attributes(solver, chunk), max_gen_len=total_len,
-                                                   **solver.generation_params)
-                wavs = solver.compression_model.decode(tokens, None).float().cpu()
+                with inputs.model.scaled(scale), inputs.autocast():
+                    tokens = inputs.model.generate(None, _text_attributes(inputs, chunk), max_gen_len=total_len,
+                                                   **inputs.generation_params)
+                wavs = inputs.compression_model.decode(tokens, None).float().cpu()
                 for i, (prompt, wav) in enumerate(zip(chunk, wavs)):
                     path = self._write(model_name, f'{start + i:03d}', wav)
                     if model_name == 'base':

@@ -15,26 +15,16 @@ Valid tokens are those of `padding_mask & model_output.mask`, as in `MusicGenSol
 stage averages per-batch values instead; both agree when all batches hold the same number of
 valid tokens.
 """
-from contextlib import contextmanager
 import math
 import typing as tp
 
 import torch
 import torch.nn.functional as F
 
+from .inputs import Prepare
+
 # The two models every evaluation compares: the frozen base (extension_scale 0) and the extended model.
 MODELS = ('base', 'extended')
-
-
-@contextmanager
-def extension_scale(model, scale: float):
-    """Temporarily set `model.extension_scale` (an `ExtendedLMModel`)."""
-    previous = model.extension_scale
-    model.extension_scale = float(scale)
-    try:
-        yield
-    finally:
-        model.extension_scale = previous
 
 
 class CrossEntropyTotals:
@@ -72,34 +62,27 @@ class CrossEntropyTotals:
 
 
 @torch.no_grad()
-def cross_entropy_by_scale(solver, loader: tp.Iterable, scales: tp.Sequence[float],
-                           progress_name: tp.Optional[str] = None,
-                           prepare: tp.Optional[tp.Callable[[tp.Any], tp.Tuple[dict, torch.Tensor, torch.Tensor]]] = None
-                           ) -> tp.Dict[float, tp.Dict[str, tp.Any]]:
+def cross_entropy_by_scale(model, loader: tp.Iterable, scales: tp.Sequence[float], prepare: Prepare,
+                           autocast: tp.Callable[[], tp.ContextManager]) -> tp.Dict[float, tp.Dict[str, tp.Any]]:
     """Score every batch of `loader` with each `extension_scale` in `scales`.
 
     Args:
-        solver: an `ExtendedMusicGenSolver` inside a stage (its `_prepare_tokens_and_attributes`
-            tokenises batches exactly as training and validation do).
-        loader: batches of (audio, infos), e.g. `solver.dataloaders['evaluate']`.
+        model: an `ExtendedLMModel`.
+        loader: batches, e.g. of (audio, infos) from the evaluate split.
         scales: the `extension_scale` values (0.0 is the frozen base).
-        prepare: turns a batch into (condition_tensors, codes [B, K, T], padding_mask [B, K, T]);
-            default `solver._prepare_tokens_and_attributes` (audio batches). Batches of codes, e.g.
-            the base's own generations, bring their own.
+        prepare: turns a batch into (condition_tensors, codes [B, K, T], padding_mask [B, K, T]),
+            for audio batches as training and validation do.
+        autocast: returns the autocast context the model runs in.
     Returns:
         {scale: summary}, see `CrossEntropyTotals.summary`.
     """
-    model = solver.model
     scales = list(dict.fromkeys(float(s) for s in scales))
     totals = {scale: CrossEntropyTotals(model.num_codebooks) for scale in scales}
     model.eval()
-    if progress_name is not None:
-        loader = solver.log_progress(progress_name, loader, total=len(loader), updates=solver.log_updates)
-    prepare = prepare or solver._prepare_tokens_and_attributes
     for batch in loader:
         condition_tensors, audio_tokens, padding_mask = prepare(batch)
         for scale in scales:
-            with extension_scale(model, scale), solver.autocast:
+            with model.scaled(scale), autocast():
                 output = model.compute_predictions(audio_tokens, [], condition_tensors)  # [B, K, T, card]
             totals[scale].update(output.logits, audio_tokens, padding_mask & output.mask)
     for total in totals.values():

@@ -42,11 +42,11 @@ def resolve_reference_dset(value: str, cfg: omegaconf.DictConfig) -> str:
                             f"dset config ({config} does not exist).")
 
 
-def reference_loader(solver, manifest: str):
-    """A loader over `manifest` built like the solver's evaluate loader (same dataset settings)."""
-    cfg = copy.deepcopy(solver.cfg)
+def reference_loader(cfg: omegaconf.DictConfig, manifest: str, dataset_type: builders.DatasetType):
+    """A loader over `manifest` built like the evaluate loader of `cfg` (same dataset settings)."""
+    cfg = copy.deepcopy(cfg)
     with omegaconf.open_dict(cfg):
-        cfg.datasource = {'max_sample_rate': solver.cfg.datasource.max_sample_rate,
-                          'max_channels': solver.cfg.datasource.max_channels, 'evaluate': manifest}
+        cfg.datasource = {'max_sample_rate': cfg.datasource.max_sample_rate,
+                          'max_channels': cfg.datasource.max_channels, 'evaluate': manifest}
         cfg.execute_only = 'evaluate'
-    return builders.get_audio_datasets(cfg, dataset_type=solver.DATASET_TYPE)['evaluate']
+    return builders.get_audio_datasets(cfg, dataset_type=dataset_type)['evaluate']

@@ -1,7 +1,8 @@
 """The evaluate stage of `ExtendedMusicGenSolver`: base vs extended on the same data, one report.
 
-`run_evaluation(solver)` runs inside the solver's `evaluate` stage (best state swapped in) and
-writes, under `<xp folder>/<evaluate.output_dir>` (default `evaluation/`):
+`run_evaluation(inputs)` runs inside the solver's `evaluate` stage (best state swapped in), from
+the `EvaluationInputs` the solver hands it, and writes, under `<xp folder>/<evaluate.output_dir>`
+(default `evaluation/`):
 
     metrics.json       the report (schema below, docs/EVALUATION.md)
     scale_sweep.png    cross entropy vs extension_scale on the new-domain and reference sets
@@ -22,19 +23,18 @@ Report schema (keys other tools read; more may be added):
          "tokens_per_codebook": [...]}
 """
 import json
-from pathlib import Path
 import typing as tp
 
 import flashy
 
 from ..io.atomic import atomic_write_text
-from ..io.solver_checkpoints import read_solver_checkpoint
 from .audio_evaluation import AudioEvaluation
+from .inputs import EvaluationInputs
 from .audio_metrics import FRECHET_LATENT_NAME, check_optional_metrics
 from .listening import run_settings, write_evaluation_report
 from .lm_metrics import MODELS, cross_entropy_by_scale
 from .plots import plot_scale_sweep
-from .reference_sets import reference_loader, resolve_reference_dset
+from .reference_sets import resolve_reference_dset
 from .report_table import format_table
 
 
@@ -60,50 +60,44 @@ def flat_metrics(report: dict) -> tp.Dict[str, float]:
     return metrics
 
 
-def run_evaluation(solver) -> tp.Dict[str, float]:
+def run_evaluation(inputs: EvaluationInputs) -> tp.Dict[str, float]:
     """The evaluate stage: LM metrics for base and extended on the evaluate (and reference) set,
     the scale sweep, audio metrics and samples; writes the report. Returns flat metrics."""
-    cfg = solver.cfg
+    cfg, model, run = inputs.cfg, inputs.model, inputs.run
     evaluate_cfg = cfg.evaluate
     check_optional_metrics(cfg)  # fail before any work when an enabled metric cannot run
-    out_dir = Path(solver.folder) / str(evaluate_cfg.get('output_dir') or 'evaluation')
+    out_dir = inputs.out_dir
     configured = float(cfg.extended_model.extension_scale)
     sweep = [float(s) for s in (evaluate_cfg.get('scale_sweep') or [])]
     scales = [0.0, configured, *sweep]
-    checkpoint = solver.checkpoint_path()
-    if not checkpoint.exists() and cfg.continue_from:
-        checkpoint = cfg.continue_from
-    epoch = solver.epoch - 1 if cfg.execute_only else solver.epoch
-    if epoch <= 0 and Path(str(checkpoint)).is_file():  # continue_from: a new XP without history
-        epoch = len(read_solver_checkpoint(checkpoint).get('history') or [])
     report: dict = {
-        # execute_only runs after the restored epochs: the last trained epoch is reported.
-        'sig': solver.xp.sig, 'epoch': epoch, 'checkpoint': str(checkpoint),
-        'base_model': solver.base_reference, 'base_hash': solver.base_hash,
+        'sig': run.sig, 'epoch': run.epoch, 'checkpoint': run.checkpoint,
+        'base_model': run.base_reference, 'base_hash': run.base_hash,
         'extension_scale': configured, 'sets': {}, 'scale_sweep': {'scales': sweep},
     }
-    sets = {'new': (str(cfg.datasource.evaluate), solver.dataloaders['evaluate'], None, 'manifest')}
+    sets = {'new': (str(cfg.datasource.evaluate), inputs.loader, inputs.prepare, 'manifest')}
     if evaluate_cfg.get('reference_dset'):
         manifest = resolve_reference_dset(evaluate_cfg.reference_dset, cfg)
-        sets['reference'] = (manifest, reference_loader(solver, manifest), None, 'manifest')
+        sets['reference'] = (manifest, inputs.reference_loader(manifest), inputs.prepare, 'manifest')
     elif evaluate_cfg.get('generated_reference', True):  # no old data: the base's own held-out generations
-        generations = solver.held_out_generations(int(cfg.dataset.batch_size))
+        generations = inputs.held_out(int(cfg.dataset.batch_size))
         sets['reference'] = (generations.description, generations, generations.prepare, 'generations')
     for set_name, (dataset, loader, prepare, source) in sets.items():
-        by_scale = cross_entropy_by_scale(solver, loader, scales, progress_name=f'evaluate_{set_name}',
-                                          prepare=prepare)
+        by_scale = cross_entropy_by_scale(model, inputs.with_progress(f'evaluate_{set_name}', loader), scales,
+                                          prepare, inputs.autocast)
         report['sets'][set_name] = {'base': by_scale[0.0], 'extended': by_scale[configured], 'dataset': dataset,
                                     'source': source}
         report['scale_sweep'][set_name] = [by_scale[s]['ce'] for s in sweep]
 
-    audio = AudioEvaluation(solver, out_dir, configured)
+    audio = AudioEvaluation(inputs, configured)
     if audio.frechet or audio.save_samples or audio.chroma is not None or any(audio.optional['base']):
         report['audio'] = audio.run()
     else:
         report['audio'] = {}
     report['samples_dir'] = str(audio.samples_dir) if audio.save_samples else None
-    report['run'] = run_settings(cfg, solver.model)
+    report['run'] = run_settings(cfg, model)
     report['plots'] = {}
+    logger = inputs.logger
     if flashy.distrib.is_rank_zero():
         if sweep:
             report['plots']['scale_sweep'] = str(plot_scale_sweep(report, out_dir / 'scale_sweep.png'))
@@ -111,13 +105,13 @@ def run_evaluation(solver) -> tp.Dict[str, float]:
             atomic_write_text(audio.samples_dir / 'prompts.json',
                                json.dumps(audio.sample_entries, indent=2) + '\n')
         atomic_write_text(out_dir / 'metrics.json', json.dumps(report, indent=2) + '\n')
-        solver.logger.info("Evaluation report: %s", out_dir / 'metrics.json')
+        logger.info("Evaluation report: %s", out_dir / 'metrics.json')
         try:  # derived from the files above: a failure must not cost the run its checkpoint
-            page = write_evaluation_report(out_dir, report, history=solver.history)
-            solver.logger.info("Listening report: %s", page)
+            page = write_evaluation_report(out_dir, report, history=run.history)
+            logger.info("Listening report: %s", page)
         except Exception as error:
-            solver.logger.warning("The listening report could not be written (%s); rebuild it with "
-                                  "`audiocraft-ext report %s`.", error, solver.folder)
-        solver.logger.info("\n%s", format_table(report))
+            logger.warning("The listening report could not be written (%s); rebuild it with "
+                           "`audiocraft-ext report %s`.", error, run.folder)
+        logger.info("\n%s", format_table(report))
     flashy.distrib.barrier()
     return flat_metrics(report)

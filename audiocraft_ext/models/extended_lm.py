@@ -31,9 +31,8 @@ from ..io.errors import IntegrityError
 from .audiocraft_internals import adopt_fsdp_slot, is_streaming
 from .feature_cache import BaseFeatureCache
 from .half_storage import check_storage_dtype, store_weights_in
-from .extension_scale import check_extension_scale
-from .layers import (BranchScale, base_layer_config, build_extension, check_num_additional_layers,
-                     resolve_layer_config)
+from .extension_config import ExtensionConfig
+from .layers import BranchScale, base_layer_config, build_extension, resolve_layer_config
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +165,9 @@ class ExtendedLMModel(LMModel):
         if type(base_lm) is not LMModel:
             raise TypeError(f"{type(base_lm).__name__} bases are not supported: only MusicGen's LMModel.")
         # Validate every argument before touching the base, so a refused call leaves it as it was.
-        check_num_additional_layers(num_additional_layers)
-        check_extension_scale(extension_scale)
+        requested = ExtensionConfig(num_additional_layers, extension_scale, layer_overrides)
         base_transformer = base_lm.transformer
-        layer_config = resolve_layer_config(base_layer_config(base_transformer), layer_overrides)
+        layer_config = resolve_layer_config(base_layer_config(base_transformer), dict(requested.layer_config))
         StreamingModule.__init__(self)  # not LMModel.__init__: the modules come from the base.
         base_lm.requires_grad_(False)
         for name in _LM_ATTRIBUTES:
@@ -182,15 +180,21 @@ class ExtendedLMModel(LMModel):
         if hasattr(base_lm, 'cfg'):
             self.cfg = base_lm.cfg
 
-        self.layer_config = layer_config
         self.num_base_layers = len(base_transformer.layers)
-        self.num_additional_layers = num_additional_layers
         reference = next(base_transformer.parameters())
-        extension = build_extension(self.layer_config, num_additional_layers, self.num_base_layers,
+        extension = build_extension(layer_config, requested.num_additional_layers, self.num_base_layers,
                                     device=reference.device, dtype=reference.dtype)
         self.transformer = FrozenBaseWithExtension(base_transformer, extension)
-        self.extension_scale = extension_scale
+        self._extension_config = ExtensionConfig(requested.num_additional_layers, requested.extension_scale,
+                                                 layer_config)
+        self._attached_configs: tp.Dict[str, ExtensionConfig] = {}
+        _set_branch_scale(extension, requested.extension_scale)
         self.train(base_lm.training)
+
+    @classmethod
+    def from_config(cls, base_lm: LMModel, config: ExtensionConfig) -> 'ExtendedLMModel':
+        """The extended model `config` describes (e.g. `extension_config` of a trained one) on `base_lm`."""
+        return cls(base_lm, config.num_additional_layers, config.extension_scale, **config.layer_config)
 
     @property
     def extension(self) -> StreamingTransformer:
@@ -202,21 +206,38 @@ class ExtendedLMModel(LMModel):
         return self.transformer.base
 
     @property
+    def extension_config(self) -> ExtensionConfig:
+        """What rebuilds the new layers on the same base (stored in every file and checkpoint, `to_dict`)."""
+        return self._extension_config
+
+    @property
+    def num_additional_layers(self) -> int:
+        return self._extension_config.num_additional_layers
+
+    @property
+    def layer_config(self) -> tp.Dict[str, tp.Any]:
+        """The new layers' `StreamingTransformer` arguments, resolved against the base."""
+        return dict(self._extension_config.layer_config)
+
+    @property
     def extension_scale(self) -> float:
         """Strength of the new layers' residual branches (0.0 = base model, 1.0 = as trained)."""
-        return self._extension_scale
+        return self._extension_config.extension_scale
 
     @extension_scale.setter
     def extension_scale(self, scale: float) -> None:
-        self._extension_scale = check_extension_scale(scale)
-        _set_branch_scale(self.extension, self._extension_scale)
+        self._extension_config = self._extension_config.with_scale(scale)
+        _set_branch_scale(self.extension, self._extension_config.extension_scale)
 
-    @property
-    def extension_config(self) -> tp.Dict[str, tp.Any]:
-        """What rebuilds the new layers on the same base (stored in every checkpoint)."""
-        return {'num_additional_layers': self.num_additional_layers,
-                'layer_config': dict(self.layer_config),
-                'extension_scale': self.extension_scale}
+    @contextmanager
+    def scaled(self, scale: float) -> tp.Iterator[None]:
+        """Within it, `extension_scale` is `scale` (0.0: the frozen base exactly); restored after."""
+        previous = self.extension_scale
+        self.extension_scale = scale
+        try:
+            yield
+        finally:
+            self.extension_scale = previous
 
     @property
     def base_dtype(self) -> torch.dtype:
@@ -304,28 +325,34 @@ class ExtendedLMModel(LMModel):
         """
         _load_checked(self.extension, state, source)
 
-    def attach_extension(self, name: str, config: tp.Dict[str, tp.Any], state: tp.Mapping[str, torch.Tensor],
+    def attach_extension(self, name: str, config: ExtensionConfig, state: tp.Mapping[str, torch.Tensor],
                          source: str) -> None:
         """Another extension of this base beside the own one, for inference: its layers built from its
-        `extension_config`, its weights from `state` (checked as `load_extension_state_dict` checks),
-        frozen. The caller checks that it was trained on this base (`ExtendedMusicGen.attach`)."""
+        `config`, its weights from `state` (checked as `load_extension_state_dict` checks), frozen.
+        The caller checks that it was trained on this base (`ExtendedMusicGen.attach`)."""
         try:
-            num_layers = check_num_additional_layers(config['num_additional_layers'])
-            layer_config = resolve_layer_config(base_layer_config(self.base_transformer), config['layer_config'])
-            scale = check_extension_scale(config.get('extension_scale', 1.0))
-        except (KeyError, TypeError, ValueError) as error:
+            layer_config = resolve_layer_config(base_layer_config(self.base_transformer), dict(config.layer_config))
+        except (TypeError, ValueError) as error:
             raise IntegrityError(f"{source} has an extension config this base cannot build ({error}).") from None
         reference = next(self.extension.parameters())
-        extension = build_extension(layer_config, num_layers, self.num_base_layers, device=reference.device,
-                                    dtype=reference.dtype)
+        extension = build_extension(layer_config, config.num_additional_layers, self.num_base_layers,
+                                    device=reference.device, dtype=reference.dtype)
         _load_checked(extension, state, source)
-        _set_branch_scale(extension, scale)
+        _set_branch_scale(extension, config.extension_scale)
         extension.requires_grad_(False)
         self.transformer.attached[name] = extension.eval()
+        self._attached_configs[name] = config
+
+    def detach_extension(self, name: str) -> None:
+        """Remove the attached extension `name`."""
+        del self.transformer.attached[name]
+        del self._attached_configs[name]
 
     def set_attached_scale(self, name: str, scale: float) -> None:
         """`extension_scale` of the attached extension `name`."""
-        _set_branch_scale(self.transformer.attached[name], check_extension_scale(scale))
+        config = self._attached_configs[name].with_scale(scale)
+        _set_branch_scale(self.transformer.attached[name], config.extension_scale)
+        self._attached_configs[name] = config
 
     @contextmanager
     def routed(self, routes: tp.Sequence[tp.Optional[str]]) -> tp.Iterator[None]:

@@ -7,6 +7,7 @@ and `attach`: other extensions of the same base, chosen per call or per item (`e
 the base computed once for the whole batch.
 """
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 import inspect
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from audiocraft.models.encodec import CompressionModel
 from ..io import extension_files
 from ..io.base_reference import SIG_PREFIX, BaseSource, is_hub_id, resolve_base, sig_checkpoint
 from ..io.destinations import check_destination
-from ..io.errors import CheckpointError
+from ..io.errors import CheckpointError, IntegrityError
 from ..io.exported_layout import exported_package, write_exported
 from ..io.hashing import weights_hash
 from ..io.solver_checkpoints import read_solver_checkpoint
@@ -30,7 +31,7 @@ from .bases import assemble_musicgen, build_lm, compression_package, default_dev
 from .extended_lm import ExtendedLMModel, FrozenBaseWithExtension
 from .inputs import (GenerationInputError, check_descriptions, check_duration, check_num_samples,
                      check_sampling, check_waveform)
-from .extension_scale import check_extension_scale
+from .extension_config import ExtensionConfig
 from .packages import embedded_base, extension_package, merged_lm_package, storage_dtype
 from .tiny import build_tiny_musicgen
 
@@ -47,6 +48,13 @@ def _mono(compression_model: CompressionModel) -> CompressionModel:
 
 class ExtendedMusicGen(MusicGen):
     """MusicGen whose language model is a frozen base plus N new layers.
+
+    Which constructor for what:
+        `from_base(base, N)`: a pretrained MusicGen with N new, untrained layers (what training starts from).
+        `get_pretrained(name)`: a trained extension, from whatever holds one (`read_trained_extension`:
+            `save`'s files and directories, Hugging Face repos, training runs), on its base.
+        `from_solver_checkpoint(run, state)`: a training run in its best or last state.
+        The constructor itself takes the parts, already built.
 
     Args:
         name (str): name of the model.
@@ -99,46 +107,57 @@ class ExtendedMusicGen(MusicGen):
     def get_pretrained(name: PathLike, device: tp.Optional[str] = None, base: tp.Any = None,
                        revision: tp.Optional[str] = None, allow_pickle: bool = False,
                        dora_dir: tp.Optional[PathLike] = None) -> 'ExtendedMusicGen':  # type: ignore[override]
-        """Load an extension written by `save`: a directory, a `.safetensors` file, a legacy `.pt`
-        file, or a Hugging Face repo holding an extension directory.
+        """Load a trained extension: what `save` wrote (a directory, a `.safetensors` file, a legacy `.pt`
+        file, a Hugging Face repo holding an extension directory) or a training run (its folder,
+        `checkpoint.th` or `//sig/SIG` with `dora_dir`; its best state).
 
         Args:
-            name: the extension (path or Hugging Face id).
+            name: the extension (path, Hugging Face id or run).
             device (str, optional): default cuda if available.
-            base (optional): for an extension-only file, the base to use instead of the one it
-                refers to (e.g. after moving files); its hash must still match.
+            base (optional): the base to use instead of the one the extension refers to (e.g. after
+                moving files); its hash must still match.
             revision (str, optional): branch, tag or commit of a Hugging Face repo.
             allow_pickle (bool): passed on to loading the base (see `from_base`).
-            dora_dir (str or Path, optional): the Dora folder of a base given as `//sig/SIG`.
+            dora_dir (str or Path, optional): the Dora folder of `//sig/SIG` (the run's, or its base's).
         """
         if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
             raise TypeError(f"get_pretrained needs the extension to load (a path, or a Hugging Face id "
                             f"user/repo), got {name!r}.")
-        path = Path(name).expanduser()
-        if path.exists():  # `extension_files.read` says what else a local path is
-            location, reference = path.resolve(), str(path.resolve())
-        elif not is_hub_id(str(name)):
-            raise FileNotFoundError(f"Extension not found: {name}. Check the path, or give a Hugging Face id "
-                                    "(user/repo).")
-        else:
-            source = resolve_base(name, revision=revision)
-            if source.kind != 'extension':
-                raise CheckpointError(f"{name} is a MusicGen, not an extension written by ExtendedMusicGen.save: "
-                                      "use ExtendedMusicGen.from_base(...) to extend it.")
-            location, reference = source.location, source.reference
-        return ExtendedMusicGen.from_package(extension_files.read(location), reference, device, base, dora_dir,
-                                             allow_pickle)
+        trained = read_trained_extension(name, dora_dir, revision)
+        return ExtendedMusicGen._on_base(trained, device, base, dora_dir, allow_pickle)
 
     @classmethod
-    def from_package(cls, package: extension_files.ExtensionPackage, source: str,
-                     device: tp.Optional[str] = None, base: tp.Any = None,
-                     dora_dir: tp.Optional[PathLike] = None, allow_pickle: bool = False) -> 'ExtendedMusicGen':
-        """The model an `ExtensionPackage` (read from `source`) describes, on its own or the given base."""
+    def from_solver_checkpoint(cls, path: PathLike, state: str = 'best', device: tp.Optional[str] = None,
+                               dora_dir: tp.Optional[PathLike] = None, allow_pickle: bool = False) -> 'ExtendedMusicGen':
+        """The model a run of `ExtendedMusicGenSolver` trained (file, XP folder or `//sig/SIG`), in its
+        best state (the best validation state, with EMA when EMA is used) or its `'last'` one.
+
+        Args:
+            path: the checkpoint.
+            state (str): 'best' or 'last'.
+            device (str, optional): where to load; default cuda if available.
+            dora_dir (str or Path, optional): the Dora folder `//sig/SIG` refers to.
+            allow_pickle (bool): passed on to loading the base (see `from_base`).
+        """
+        if state not in ('best', 'last'):
+            raise ValueError(f"state must be 'best' or 'last', got {state!r}.")
+        path = sig_checkpoint(str(path), dora_dir) if str(path).startswith(SIG_PREFIX) else Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist. Give a run's folder (DORA_DIR/xps/SIG), its "
+                                    "checkpoint.th, or //sig/SIG with the Dora folder it was trained in.")
+        return cls._on_base(_run_extension(path, state), device, None, dora_dir, allow_pickle)
+
+    @classmethod
+    def _on_base(cls, trained: 'TrainedExtension', device: tp.Optional[str], base: tp.Any,
+                 dora_dir: tp.Optional[PathLike], allow_pickle: bool) -> 'ExtendedMusicGen':
+        """`trained` put back on its base: `base` if given, else the one it embeds, else the one it refers to.
+
+        Refuses a base whose `weights_hash` is not the one the layers were trained on, naming both hashes.
+        """
         device = device or default_device()
-        config = package.config
-        reference, expected = config['base'].get('reference'), config['base']['hash']
-        if package.self_contained and base is None:
-            musicgen = embedded_base(package, device, source)
+        source, reference, expected = trained.source, trained.base_reference, trained.base_hash
+        if trained.package is not None and trained.package.self_contained and base is None:
+            musicgen = embedded_base(trained.package, device, source)
         else:
             if base is None and reference is None:
                 raise CheckpointError(f"{source} is extension-only and does not say where its base is: pass base=... "
@@ -151,72 +170,23 @@ class ExtendedMusicGen(MusicGen):
                 raise CheckpointError(f"{source} is extension-only and its base cannot be found ({error}). If the base "
                                       f"moved, pass base='NEW_LOCATION' (get_pretrained(..., base=...)); it must have "
                                       f"the hash {expected}.") from None
-        model = cls.from_extension(musicgen, config['extension'], package.tensors['extension'], expected,
-                                   base_reference=reference, source=source, name=config['name'],
-                                   max_duration=config['max_duration'],
-                                   base_description='given' if base is not None else reference or 'embedded')
-        if config.get('generation'):
-            model.set_generation_params(**config['generation'])
-        return model
-
-    @classmethod
-    def from_extension(cls, musicgen: MusicGen, config: tp.Dict[str, tp.Any],
-                       state: tp.Mapping[str, torch.Tensor], base_hash: str,
-                       base_reference: tp.Optional[str], source: str, name: tp.Optional[str] = None,
-                       max_duration: tp.Optional[float] = None,
-                       base_description: tp.Optional[str] = None) -> 'ExtendedMusicGen':
-        """Trained new layers (`extension_config` and state dict) put back on their base.
-
-        Refuses a base whose `weights_hash` is not `base_hash`, naming both hashes.
-
-        Args:
-            musicgen (MusicGen): the base.
-            config (dict): `ExtendedLMModel.extension_config` of the trained model.
-            state (dict): `ExtendedLMModel.extension_state_dict()` of the trained model.
-            base_hash (str): hash of the base the layers were trained on.
-            base_reference (str, optional): where that base comes from, kept for extension-only saves.
-            source (str): what the layers were read from, for error messages.
-        """
         found = weights_hash(musicgen.lm.state_dict())
-        if found != base_hash:
+        if found != expected:
+            description = 'given' if base is not None else reference or 'embedded'
             raise CheckpointError(
-                f"{source} was trained on the base with hash {base_hash}, but the base "
-                f"{base_description or base_reference} has hash {found}. "
-                "Load it onto the base it was trained on (or retrain the extension for this base).")
+                f"{source} was trained on the base with hash {expected}, but the base {description} has hash "
+                f"{found}. Load it onto the base it was trained on (or retrain the extension for this base).")
         try:
-            lm = ExtendedLMModel(musicgen.lm, config['num_additional_layers'], config['extension_scale'],
-                                 **config['layer_config'])
-        except (KeyError, TypeError, ValueError) as error:
+            lm = ExtendedLMModel.from_config(musicgen.lm, trained.config)
+        except (TypeError, ValueError) as error:
             raise CheckpointError(f"{source} has an extension config this base cannot build ({error}).") from None
-        lm.load_extension_state_dict(state, source)
-        return cls(name or musicgen.name, _mono(musicgen.compression_model), lm,
-                   max_duration=max_duration or musicgen.max_duration, base_reference=base_reference,
-                   base_hash=base_hash)
-
-    @classmethod
-    def from_solver_checkpoint(cls, path: PathLike, state: str = 'best', device: tp.Optional[str] = None,
-                               dora_dir: tp.Optional[PathLike] = None, allow_pickle: bool = False) -> 'ExtendedMusicGen':
-        """The model a run of `ExtendedMusicGenSolver` trained (file, XP folder or `//sig/SIG`).
-
-        Args:
-            path: the checkpoint.
-            state (str): 'best' (the best validation state, with EMA when EMA is used) or 'last'.
-            device (str, optional): where to load; default cuda if available.
-            dora_dir (str or Path, optional): the Dora folder `//sig/SIG` refers to.
-            allow_pickle (bool): passed on to loading the base (see `from_base`).
-        """
-        if state not in ('best', 'last'):
-            raise ValueError(f"state must be 'best' or 'last', got {state!r}.")
-        path = sig_checkpoint(str(path), dora_dir) if str(path).startswith(SIG_PREFIX) else Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist. Give a run's folder (DORA_DIR/xps/SIG), its "
-                                    "checkpoint.th, or //sig/SIG with the Dora folder it was trained in.")
-        pkg = read_solver_checkpoint(path)
-        info = pkg['base_model']
-        base, reference = load_base(info['reference'], device, allow_pickle=allow_pickle)
-        return cls.from_extension(base, info['extension_config'],
-                                  pkg['best_state']['model'] if state == 'best' else pkg['model'], info['hash'],
-                                  base_reference=reference, source=str(path), base_description=info['reference'])
+        lm.load_extension_state_dict(trained.state, source)
+        model = cls(trained.name or musicgen.name, _mono(musicgen.compression_model), lm,
+                    max_duration=trained.max_duration or musicgen.max_duration, base_reference=reference,
+                    base_hash=expected)
+        if trained.generation:
+            model.set_generation_params(**trained.generation)
+        return model
 
     # ---- several extensions of one base ---------------------------------------------------------
     OWN = FrozenBaseWithExtension.OWN  # the name of the extension the model was loaded or built with
@@ -235,20 +205,25 @@ class ExtendedMusicGen(MusicGen):
                              "(e.g. 'lofi').")
         if name in self.lm.transformer.attached:
             raise ValueError(f"An extension named {name!r} is already attached: detach('{name}') first.")
-        if extension_scale is not None:
-            check_extension_scale(extension_scale)
-        config, state, base_hash, where = _extension_source(source, dora_dir, revision)
-        if base_hash != self.base_hash:
-            raise CheckpointError(f"{where} was trained on the base with hash {base_hash}, but this model's base "
-                                  f"has hash {self.base_hash}: attach extensions of the same base only.")
-        if extension_scale is not None:
-            config = {**config, 'extension_scale': extension_scale}
-        self.lm.attach_extension(name, config, state, where)
+        requested = None if extension_scale is None else ExtensionConfig(extension_scale=extension_scale)
+        if isinstance(source, ExtendedMusicGen):
+            trained = TrainedExtension(source.lm.extension_config, source.lm.extension_state_dict(), source.base_hash,
+                                       source.base_reference, source.name)
+        elif not isinstance(source, (str, os.PathLike)) or not str(source).strip():
+            raise TypeError(f"attach needs an extension (a path, a Hugging Face id user/repo, a training run or an "
+                            f"ExtendedMusicGen), got {source!r}.")
+        else:
+            trained = read_trained_extension(source, dora_dir, revision)
+        if trained.base_hash != self.base_hash:
+            raise CheckpointError(f"{trained.source} was trained on the base with hash {trained.base_hash}, but this "
+                                  f"model's base has hash {self.base_hash}: attach extensions of the same base only.")
+        config = trained.config if requested is None else trained.config.with_scale(requested.extension_scale)
+        self.lm.attach_extension(name, config, trained.state, trained.source)
 
     def detach(self, name: str) -> None:
         """Remove the attached extension `name` (its memory is freed)."""
         self._check_attached(name)
-        del self.lm.transformer.attached[name]
+        self.lm.detach_extension(name)
 
     @property
     def extension_names(self) -> tp.List[str]:
@@ -291,8 +266,8 @@ class ExtendedMusicGen(MusicGen):
     def set_generation_params(self, *args: tp.Any, extension_scale: tp.Optional[float] = None,
                               **kwargs: tp.Any) -> None:
         """`MusicGen.set_generation_params`, plus `extension_scale` (0.0 = base, 1.0 = as trained)."""
-        if extension_scale is not None:
-            check_extension_scale(extension_scale)  # before changing anything: all or nothing
+        if extension_scale is not None:  # checked before changing anything: all or nothing
+            extension_scale = self.lm.extension_config.with_scale(extension_scale).extension_scale
         given = dict(zip(GENERATION_PARAMS, args), **kwargs)
         check_duration('duration', given.get('duration'))
         check_duration('extend_stride', given.get('extend_stride'))
@@ -444,45 +419,83 @@ def load_base(base: tp.Any, device: tp.Optional[str] = None, dora_dir: tp.Option
         raise TypeError(f"Expected a MusicGen, a path or a Hugging Face id, got {type(base).__name__}.")
     source: BaseSource = resolve_base(base, dora_dir, revision, allow_pickle)
     device = device or default_device()
-    if source.kind == 'extension':
-        model = ExtendedMusicGen.from_package(extension_files.read(source.location), source.reference, device,
-                                              dora_dir=dora_dir, allow_pickle=allow_pickle)
+    if source.kind in ('extension', 'solver_checkpoint'):
+        trained = (_package_extension(extension_files.read(source.location), source.reference)
+                   if source.kind == 'extension' else _run_extension(Path(source.location), 'best'))
+        model = ExtendedMusicGen._on_base(trained, device, None, dora_dir, allow_pickle)
         return model.merged_musicgen(), source.reference
-    if source.kind == 'solver_checkpoint':
-        return ExtendedMusicGen.from_solver_checkpoint(source.location, device=device,
-                                                       allow_pickle=allow_pickle).merged_musicgen(), \
-            source.reference
     if source.kind == 'tiny':
         parts = str(source.location).split('/')
         return build_tiny_musicgen(parts[0] or 'text', seed=int(parts[1]) if len(parts) > 1 else 0), source.reference
     return load_plain_base(source, device, allow_pickle), source.reference
 
 
-def _extension_source(source: tp.Any, dora_dir: tp.Optional[PathLike], revision: tp.Optional[str]
-                      ) -> tp.Tuple[tp.Dict[str, tp.Any], tp.Mapping[str, torch.Tensor], str, str]:
-    """(extension_config, new-layer state, base hash, description) of what `ExtendedMusicGen.attach`
-    is given, read without loading any base."""
-    if isinstance(source, ExtendedMusicGen):
-        return source.lm.extension_config, source.lm.extension_state_dict(), source.base_hash, source.name
-    if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
-        raise TypeError(f"attach needs an extension (a path, a Hugging Face id user/repo, a training run or an "
-                        f"ExtendedMusicGen), got {source!r}.")
+@dataclass
+class TrainedExtension:
+    """New layers trained on a base, as read from their source, before any base is loaded.
+
+    Attributes:
+        config, state: the layers' `ExtensionConfig` and state dict.
+        base_hash, base_reference: the base they were trained on (`weights_hash`, where to find it).
+        source: what they were read from, for messages.
+        name, max_duration, generation: the saved model's name, duration and generation defaults.
+        package: the extension file read (its base, when self-contained), or None for a run.
+    """
+    config: ExtensionConfig
+    state: tp.Mapping[str, torch.Tensor]
+    base_hash: str
+    base_reference: tp.Optional[str]
+    source: str
+    name: tp.Optional[str] = None
+    max_duration: tp.Optional[float] = None
+    generation: tp.Dict[str, tp.Any] = field(default_factory=dict)
+    package: tp.Optional[extension_files.ExtensionPackage] = None
+
+
+def read_trained_extension(source: PathLike, dora_dir: tp.Optional[PathLike] = None,
+                           revision: tp.Optional[str] = None) -> TrainedExtension:
+    """The one reader of trained extensions: decides what `source` is and reads it once, loading no base.
+
+    A training run (`//sig/SIG` with `dora_dir`, an XP folder holding checkpoint.th, a `.th` file: its
+    best state), a local extension (`save`'s directory, `.safetensors` or legacy `.pt` file), or a
+    Hugging Face repo holding an extension directory.
+    """
     text = str(source)
     path = Path(text).expanduser()
     if text.startswith(SIG_PREFIX) or (path.is_dir() and (path / 'checkpoint.th').is_file()) \
             or (path.is_file() and path.suffix == '.th'):
-        run = sig_checkpoint(text, dora_dir) if text.startswith(SIG_PREFIX) else path
-        pkg = read_solver_checkpoint(run)
-        info = pkg['base_model']
-        return info['extension_config'], pkg['best_state']['model'], info['hash'], str(run)
+        return _run_extension(sig_checkpoint(text, dora_dir) if text.startswith(SIG_PREFIX) else path, 'best')
     if path.exists():
-        location = path
-    elif is_hub_id(text):
-        resolved = resolve_base(text, revision=revision)
-        if resolved.kind != 'extension':
-            raise CheckpointError(f"{text} is a MusicGen, not an extension: attach extensions of this model's base.")
-        location = Path(resolved.location)
-    else:
+        return _package_extension(extension_files.read(path), str(path.resolve()))
+    if not is_hub_id(text):
         raise FileNotFoundError(f"Extension not found: {text}. Check the path, or give a Hugging Face id (user/repo).")
-    package = extension_files.read(location)
-    return package.config['extension'], package.tensors['extension'], package.config['base']['hash'], text
+    resolved = resolve_base(text, revision=revision)
+    if resolved.kind != 'extension':
+        raise CheckpointError(f"{text} is a MusicGen, not an extension written by ExtendedMusicGen.save: extend it "
+                              "with ExtendedMusicGen.from_base(...), or attach extensions of its base.")
+    return _package_extension(extension_files.read(resolved.location), resolved.reference)
+
+
+def _package_extension(package: extension_files.ExtensionPackage, source: str) -> TrainedExtension:
+    config = package.config
+    return TrainedExtension(_extension_config(config['extension'], source), package.tensors['extension'],
+                            config['base']['hash'], config['base'].get('reference'), source, name=config['name'],
+                            max_duration=config['max_duration'], generation=dict(config.get('generation') or {}),
+                            package=package)
+
+
+def _run_extension(path: Path, state: str) -> TrainedExtension:
+    """The new layers of a run's checkpoint in its 'best' or 'last' state."""
+    pkg = read_solver_checkpoint(path)
+    info = pkg['base_model']
+    weights = pkg['best_state']['model'] if state == 'best' else pkg['model']
+    return TrainedExtension(_extension_config(info['extension_config'], str(path)), weights, info['hash'],
+                            info['reference'], str(path))
+
+
+def _extension_config(data: tp.Any, source: str) -> ExtensionConfig:
+    """The `ExtensionConfig` a file or checkpoint of `source` stores, or a `CheckpointError`."""
+    try:
+        return ExtensionConfig.from_dict(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise IntegrityError(f"{source} has an extension config this base cannot build ({error}).") from None

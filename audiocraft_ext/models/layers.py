@@ -155,9 +155,3 @@ def build_extension(config: tp.Dict[str, tp.Any], num_layers: int, first_depth: 
             layer.layer_scale_cross = BranchScale(layer.layer_scale_cross)
     return extension
 
-
-def check_num_additional_layers(value: tp.Any, name: str = 'num_additional_layers') -> int:
-    """Validate a number of new layers: a positive int (`name`: how the caller spells it, e.g. a config key)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value!r}: use a positive integer (the number of new layers, e.g. {name}=12).")
-    return value

@@ -232,7 +232,7 @@ class Settings:
 
 
 def replay_examples(settings: Settings) -> int:
-    """B_r = max(1, round(ratio x B)) when ratio > 0 (`solvers.replay.replay_size`), else 0."""
+    """B_r = max(1, round(ratio x B)) when ratio > 0 (`solvers.forgetting.replay_size`), else 0."""
     return max(1, int(round(settings.replay_ratio * settings.batch_size))) if settings.replay_ratio > 0 else 0
 
 

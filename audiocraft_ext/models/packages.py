@@ -68,7 +68,7 @@ def extension_package(model: tp.Any, include_base: bool, dtype: tp.Any = None) -
         'format': FORMAT, 'format_version': FORMAT_VERSION, 'library_version': __version__,
         'audiocraft_version': audiocraft.__version__, 'name': model.name, 'max_duration': model.max_duration,
         'base': {'reference': model.base_reference, 'hash': model.base_hash},
-        'extension': lm.extension_config, 'generation': generation_defaults(model)}
+        'extension': lm.extension_config.to_dict(), 'generation': generation_defaults(model)}
     if dtype is not None:
         config['extension_dtype'] = storage_dtype(dtype)
     package = ExtensionPackage(config, tensors={'extension': extension})

@@ -12,11 +12,12 @@ evaluate stages, flashy logging); what changes:
   weights, so checkpoints grow with N, not with the base.
 - checkpoints hold only tensors and plain containers, so they load with torch's default
   `weights_only=True` (see `xp_checkpoints`).
-- forgetting control (`replay.*`, `distill.*`, see `solvers.replay`): every training step also
+- forgetting control (`replay.*`, `distill.*`, see `solvers.forgetting`): every training step also
   scores replay examples (the user's old data or the base's own generations) and adds their
   cross entropy and a KL divergence to the base's logits, taken from the same forward, through
   the `_compute_cross_entropy` hook; the logged `ce` stays the new domain's.
 """
+import functools
 import logging
 from pathlib import Path
 import random
@@ -29,28 +30,29 @@ import torch
 
 from audiocraft.solvers import builders
 from audiocraft.solvers.musicgen import MusicGenSolver
+from audiocraft.utils.autocast import TorchAutocast
 from audiocraft.utils.utils import get_dataset_from_loader
 
 from ..data.checks import check_datasources, check_manifests
 from ..data.manifests import EVALUATION_SPLITS, count_entries, manifest_file, visit_each_file_once
 from ..evaluation.plots import plot_loss_curves
+from ..evaluation.inputs import EvaluationInputs, RunIdentity
+from ..evaluation.reference_sets import reference_loader
 from ..evaluation.report import run_evaluation
 from ..io.base_reference import SIG_PREFIX, SOLVER_CHECKPOINT_FORMAT, TINY_PREFIX, sig_checkpoint
 from ..io.hashing import weights_hash
-from ..io.solver_checkpoints import plain_state
+from ..io.solver_checkpoints import plain_state, read_solver_checkpoint
 from ..models.audiocraft_internals import (DIVERGED_MESSAGE, check_on_continue, checkpoint_io,
                                            set_ema_source)
 from ..models.extended_lm import ExtendedLMModel
 from ..models.extended_musicgen import load_base
-from ..models.feature_cache import BaseFeatureCache
-from ..models.extension_scale import check_extension_scale
-from ..models.layers import check_num_additional_layers
-from . import replay_config, xp_checkpoints
+from ..models.extension_config import ExtensionConfig, checked
+from . import xp_checkpoints
 from .device import needs_resolution, resolve_device
 from .config_checks import check_generate_durations
 from .memory_check import check_memory_plan
 from .nonfinite import NonFiniteStepError, all_ranks_agree_finite, gradients_finite, loss_finite, nonfinite_message
-from .replay import ForgettingControl, Predict, replay_predict
+from .forgetting import ForgettingConfig, ForgettingControl, base_generations, build_forgetting_control, manifest_loader
 from .run_lock import RunLock, remove_stale_temporaries, save_checkpoint_atomically
 
 _MISSING_BASE = (
@@ -83,7 +85,7 @@ class BaseModelSource:
 
     def state_dict(self) -> tp.Dict[str, tp.Any]:
         return {'format': SOLVER_CHECKPOINT_FORMAT, 'reference': self.solver.base_reference,
-                'hash': self.solver.base_hash, 'extension_config': self.solver.model.extension_config}
+                'hash': self.solver.base_hash, 'extension_config': self.solver.model.extension_config.to_dict()}
 
     def load_state_dict(self, state: tp.Mapping[str, tp.Any]) -> None:
         if state['hash'] != self.solver.base_hash:
@@ -93,7 +95,7 @@ class BaseModelSource:
                 f"{self.solver.base_hash}. Use the same pretrained_model_checkpoint, or a new dora.dir / "
                 "signature to start a new run.")
         saved = state['extension_config']
-        current = self.solver.model.extension_config
+        current = self.solver.model.extension_config.to_dict()
         for key in ('num_additional_layers', 'layer_config'):
             if saved[key] != current[key]:
                 raise RuntimeError(f"The checkpoint's extension has {key}={saved[key]!r} but this run builds "
@@ -111,7 +113,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         extended_model.layer_overrides (dict): see `ExtendedLMModel`.
         sample_rate, channels: null to take the base's, or checked against it.
         classifier_free_guidance.training_dropout, .inference_coef: null to keep the base's.
-        replay.*, distill.*: forgetting control (see `solvers.replay`, docs/TRAINING.md).
+        replay.*, distill.*: forgetting control (see `solvers.forgetting`, docs/TRAINING.md).
         memory_plan.check, memory_plan.available_gb: the step's memory plan, logged and checked
             before any data loads (see `solvers.memory_check`).
     """
@@ -120,13 +122,11 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self.base_reference: str = ''
         self.base_hash: str = ''
         self.forgetting: tp.Optional[ForgettingControl] = None
-        self._replay_cache: tp.Optional[BaseFeatureCache] = None
-        self._replay_predict: tp.Optional[Predict] = None
         self._forgetting_metrics: tp.Dict[str, torch.Tensor] = {}
         self._epoch_seed = int(cfg.seed)
         if needs_resolution(cfg):  # `device: auto` before MusicGenSolver reads cfg.device
             logging.getLogger(__name__).info(resolve_device(cfg))
-        replay_config.check_config(cfg)
+        self.forgetting_config = ForgettingConfig.from_cfg(cfg)
         if cfg.cache.path and not cfg.cache.write:
             raise NotImplementedError(
                 "Training from a token cache (cache.path without cache.write) does not work with AudioCraft "
@@ -243,11 +243,10 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         extended = self.cfg.extended_model
         overrides = extended.get('layer_overrides')
         overrides = {} if overrides is None else omegaconf.OmegaConf.to_container(overrides, resolve=True)
-        num_layers = check_num_additional_layers(extended.num_additional_layers, 'extended_model.num_additional_layers')
-        scale = check_extension_scale(extended.extension_scale, 'extended_model.extension_scale')
+        requested = checked('extended_model.', lambda: ExtensionConfig(
+            extended.num_additional_layers, extended.extension_scale, overrides))
         try:
-            self.model: ExtendedLMModel = ExtendedLMModel(
-                lm, num_additional_layers=num_layers, extension_scale=scale, **overrides).to(self.device)
+            self.model: ExtendedLMModel = ExtendedLMModel.from_config(lm, requested).to(self.device)
         except (TypeError, ValueError) as error:
             raise ValueError(f"extended_model.layer_overrides={overrides!r} do not fit the base "
                              f"{self.base_reference}: {error}") from None
@@ -278,6 +277,24 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             # On the solver's device (AudioCraft's is CUDA-only), so the CPU runs the GPU's path too.
             self.scaler = torch.amp.GradScaler(torch.device(self.device).type)
             self.register_stateful('scaler')
+        self._build_forgetting_control()
+
+    def _autocast_factory(self) -> tp.Callable[[], TorchAutocast]:
+        """A new autocast context as `self.autocast` gives, without the solver."""
+        return functools.partial(TorchAutocast, enabled=self.cfg.autocast, device_type=self.device,
+                                 dtype=self.autocast_dtype)
+
+    def _build_forgetting_control(self) -> None:
+        """`replay.*` / `distill.*`: the base's generations (made on first use) and the control, or None."""
+        config = self.forgetting_config
+        self.base_generations = base_generations(config, self.model, self.base_hash, int(self.cfg.sample_rate),
+                                                 self.compression_model.frame_rate, self._autocast_factory(),
+                                                 self.logger.info)
+        self.forgetting = build_forgetting_control(
+            config, self.model, self.base_generations,
+            loader=lambda size: manifest_loader(self.cfg, str(config.manifest), size, self.DATASET_TYPE),
+            prepare=self._prepare_tokens_and_attributes, cross_entropy=self._musicgen_cross_entropy,
+            batch_size=int(self.cfg.dataset.batch_size), seed=int(self.cfg.seed), log=self.logger.info)
 
     def _store_base(self, dtype: tp.Optional[str]) -> None:
         """`extended_model.base_dtype`: the dtype the frozen base transformer is stored in (null: `dtype`)."""
@@ -349,10 +366,6 @@ class ExtendedMusicGenSolver(MusicGenSolver):
 
     def train(self):
         self._skipped_steps = 0
-        if self.forgetting is None:
-            self.forgetting = replay_config.build_forgetting_control(self)
-            self._replay_cache = replay_config.replay_feature_cache(self)
-            self._replay_predict = replay_predict(self.model, self._replay_cache)
         if self.forgetting is not None:  # replay draws are a function of (seed, epoch) too, the same on
             self.forgetting.source.reseed(self._epoch_seed + 7919)  # every rank (each keeps its share)
         return super().train()
@@ -369,23 +382,15 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             return ce, ce_per_codebook
         loss = ce
         if self.forgetting is not None:
-            extra, parts = self.forgetting.loss(self._replay_predict, self._musicgen_cross_entropy,
-                                                targets.shape[0], self.device)
+            extra, parts = self.forgetting.loss(targets.shape[0], self.device)
             loss = ce + extra
             self._forgetting_metrics = {'ce': ce.detach(), 'loss': loss.detach(), **parts}
-            if self._replay_cache is not None:
-                hits, misses = self._replay_cache.take_counts()
-                self._forgetting_metrics['replay_cache_hits'] = torch.tensor(hits / max(1, hits + misses))
         self._step_loss = loss
         return loss, ce_per_codebook
 
     def _musicgen_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor,
                                 mask: torch.Tensor) -> tp.Tuple[torch.Tensor, tp.List[torch.Tensor]]:
         return MusicGenSolver._compute_cross_entropy(self, logits, targets, mask)
-
-    def held_out_generations(self, batch_size: int) -> replay_config.HeldOutGenerations:
-        """The held-out part of the base's own generations (replay set), to measure forgetting without old data."""
-        return replay_config.HeldOutGenerations(self, batch_size)
 
     def _check_finite_step(self, optimizer: tp.Any, args: tp.Any, kwargs: tp.Any) -> None:
         """Optimizer pre-step hook: refuse the step if the loss or a gradient is NaN or infinite."""
@@ -487,4 +492,27 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             return super().evaluate()
         self.model.eval()
         with torch.no_grad():
-            return run_evaluation(self)
+            return run_evaluation(self.evaluation_inputs())
+
+    def evaluation_inputs(self) -> EvaluationInputs:
+        """What the evaluate stage reads (`evaluation.inputs`), from this run in its current state."""
+        cfg = self.cfg
+        checkpoint = self.checkpoint_path()
+        if not checkpoint.exists() and cfg.continue_from:
+            checkpoint = cfg.continue_from
+        # execute_only runs after the restored epochs: the last trained epoch is reported.
+        epoch = self.epoch - 1 if cfg.execute_only else self.epoch
+        if epoch <= 0 and Path(str(checkpoint)).is_file():  # continue_from: a new XP without history
+            epoch = len(read_solver_checkpoint(checkpoint).get('history') or [])
+        run = RunIdentity(folder=Path(self.folder), sig=self.xp.sig, epoch=epoch, checkpoint=str(checkpoint),
+                          base_reference=self.base_reference, base_hash=self.base_hash, history=list(self.history))
+        return EvaluationInputs(
+            cfg=cfg, model=self.model, compression_model=self.compression_model, device=self.device,
+            loader=self.dataloaders['evaluate'],
+            reference_loader=functools.partial(reference_loader, cfg, dataset_type=self.DATASET_TYPE),
+            held_out=functools.partial(self.base_generations.held_out, device=self.device),
+            prepare=self._prepare_tokens_and_attributes, generate_step=self.run_generate_step,
+            generation_params=dict(self.generation_params), autocast=self._autocast_factory(),
+            progress=self.log_progress,
+            out_dir=Path(self.folder) / str(cfg.evaluate.get('output_dir') or 'evaluation'),
+            run=run, logger=self.logger)

@@ -26,12 +26,13 @@ def _zero_lr() -> None:
 
 
 def _no_kl() -> None:
-    from audiocraft_ext.solvers.replay import ForgettingControl
+    from dataclasses import replace
+    from audiocraft_ext.solvers.forgetting import ForgettingControl
     init = ForgettingControl.__init__
 
     def __init__(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.distill_weight = 0.0
+        self.config = replace(self.config, ce_weight=max(self.config.ce_weight, 1e-9), distill_weight=0.0)
     ForgettingControl.__init__ = __init__
 
 
