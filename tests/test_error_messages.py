@@ -404,6 +404,14 @@ def test_continue_from_a_run_with_another_number_of_new_layers(run_args, build_s
                       f'continue_from={xp.folder / "checkpoint.th"}'], restore=True)
 
 
+def test_continue_from_a_musicgen_training_checkpoint(run_args, build_solver, audiocraft_checkpoint):
+    message = (f"{audiocraft_checkpoint} is not a checkpoint of ExtendedMusicGenSolver (no base_model entry): "
+               "continue_from takes a run of this solver. To train new layers on a MusicGen checkpoint, pass it as "
+               "pretrained_model_checkpoint instead.")
+    with pytest.raises(CheckpointError, match=starts(plain(message))):
+        build_solver([*run_args, f'continue_from={audiocraft_checkpoint}'], restore=True)
+
+
 def test_execute_only_without_a_run_to_continue(run_args):
     xp = train.main.get_xp([*run_args, 'execute_only=evaluate'])
     with pytest.raises(ValueError, match=starts(plain('execute_only needs continue_from=<sig or path> (or '

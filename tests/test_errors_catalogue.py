@@ -54,9 +54,6 @@ NOT_USER_FACING = {
         'replay.holdout)',
     r'Codes up to': 'MusicGen codebooks hold at most 2048 codes; int16 storage holds 32767',
     r'is a base of kind': 'load_plain_base is only called on the kinds it reads (its callers dispatch on the kind)',
-    r'This checkpoint holds a full language model, not an extension':
-        "continue_from of a full MusicGen checkpoint stops earlier, in AudioCraft's loading of its best_state; "
-        "a run's own checkpoint.th always holds the new layers only",
     r"differs from transformers' EnCodec layer in|where transformers' EncodecModel has|has no AudioCraft "
     r"counterpart|has another skip connection than transformers'|layers, where transformers' EncodecModel has one "
     r"LSTM size|codebooks do not give transformers' EncodecModel a whole bandwidth|does not decode like the base's "

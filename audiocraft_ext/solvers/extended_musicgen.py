@@ -71,10 +71,7 @@ class ExtensionStateSource:
         return self.lm.extension_state_dict()
 
     def load_state_dict(self, state: tp.Mapping[str, torch.Tensor]) -> None:
-        if any(key.startswith(('transformer.', 'emb.', 'linears.', 'condition_provider.')) for key in state):
-            raise RuntimeError("This checkpoint holds a full language model, not an extension: to train "
-                               "new layers on it, pass it as pretrained_model_checkpoint instead of "
-                               "continue_from.")
+        # Checkpoints of other solvers are refused when read (`xp_checkpoints.load_checkpoint`).
         self.lm.load_extension_state_dict(state)
 
 

@@ -8,13 +8,21 @@ from pathlib import Path
 import typing as tp
 
 from ..io.base_reference import SIG_PREFIX
+from ..io.errors import CheckpointError
+from ..io.solver_checkpoints import is_solver_checkpoint
 from ..io.torch_files import read_torch_file
 
 
 def load_checkpoint(checkpoint_path: Path, is_sharded: bool = False) -> tp.Any:
-    """`audiocraft.utils.checkpoint.load_checkpoint` that never unpickles code (FSDP shards are refused anyway)."""
+    """`audiocraft.utils.checkpoint.load_checkpoint` that never unpickles code (FSDP shards are refused anyway),
+    and refuses a checkpoint of another solver (e.g. `continue_from` a MusicGen's) before AudioCraft reads it."""
     assert not is_sharded, "ExtendedMusicGenSolver never shards checkpoints"
-    return read_torch_file(checkpoint_path, 'training checkpoint')
+    state = read_torch_file(checkpoint_path, 'training checkpoint')
+    if not is_solver_checkpoint(state):
+        raise CheckpointError(f"{checkpoint_path} is not a checkpoint of ExtendedMusicGenSolver (no base_model entry): "
+                              "continue_from takes a run of this solver. To train new layers on a MusicGen "
+                              "checkpoint, pass it as pretrained_model_checkpoint instead.")
+    return state
 
 
 def resolve_checkpoint_path(dora_dir: tp.Union[str, Path]) -> tp.Callable[..., tp.Optional[Path]]:
