@@ -234,6 +234,10 @@ def _plan(args: argparse.Namespace) -> int:
                              f"({memory_plan.CUDA_CONTEXT_BYTES / memory_plan.GIB:g} GiB): give the card's memory in GiB.")
         if args.effective_batch is not None and args.effective_batch < 1:
             raise ValueError(f"--effective-batch {args.effective_batch}: give a positive number of examples.")
+        ranks = None if args.ranks is None else tuple(args.ranks or memory_plan.RANKS)
+        if ranks is not None and min(ranks) < 1:
+            raise ValueError(f"--ranks {' '.join(map(str, ranks))}: give positive numbers of ranks (GPUs), "
+                             "e.g. --ranks 2 4.")
         settings = memory_plan.Settings(new_layers=args.new_layers, batch_size=args.batch_size, segment=args.segment,
                                         precision=args.precision, replay_ratio=args.replay_ratio,
                                         feature_cache=args.feature_cache == 'on', half_base=args.half_base,
@@ -250,6 +254,8 @@ def _plan(args: argparse.Namespace) -> int:
     if args.gpu_memory is not None:
         budget, note = memory_plan.usable_bytes(args.gpu_memory * memory_plan.GIB), memory_plan.card_note(args.gpu_memory)
     print(memory_plan.format_plan(memory_plan.make_plan(shape, settings, budget, args.effective_batch, note)))
+    if ranks is not None:
+        print(memory_plan.format_rank_plans(memory_plan.rank_plans(shape, settings, ranks, budget), settings))
     return 0
 
 
@@ -390,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument('--gpu-memory', type=float, metavar='GIB', help="the card's memory in GiB, e.g. 24 or 80")
     plan.add_argument('--effective-batch', type=int, metavar='E',
                       help='examples per update wanted: how many steps of the largest batch reach it')
+    plan.add_argument('--ranks', type=int, nargs='*', metavar='W',
+                      help='also the memory per rank (GPU) on W ranks, the new layers replicated (fsdp.use=false) '
+                           'and sharded (fsdp.use=true), --batch-size being per rank (no W: 1 2 4 8)')
     plan.set_defaults(func=_plan)
 
     synth = commands.add_parser('make-synth-data', help='write the synthetic two-domain captioned dataset (old/new)')

@@ -128,6 +128,50 @@ def test_bad_plan_options_get_one_error_line(capsys):
     assert capsys.readouterr().err == 'error: --batch-size 0: use a positive integer.\n'
 
 
+# ---- several ranks: the new layers replicated or sharded (fsdp.use) -----------------------------
+
+def test_sharding_divides_the_new_layers_state_by_the_ranks_and_leaves_the_rest_whole():
+    shape = memory_plan.PUBLISHED['facebook/musicgen-small']
+    settings = memory_plan.Settings(batch_size=8)
+    new = settings.new_layers * shape.layer_params
+    plans = memory_plan.rank_plans(shape, settings)
+    assert [plan.ranks for plan in plans] == [1, 2, 4, 8]
+    assert plans[0].sharded is None and plans[0].largest == {}
+    replicated = memory_plan.extension_step(shape, settings)
+    peaks = []
+    for plan in plans:
+        assert plan.replicated == replicated  # every rank holds the same as one GPU does
+        if plan.sharded is None:
+            continue
+        local = -(-new // plan.ranks)
+        sharded = plan.sharded
+        assert (sharded.gradients, sharded.optimizer_state) == (4 * local, 8 * local)
+        assert replicated.weights - sharded.weights == 4 * (new - local)  # base, text encoder, codec: whole
+        assert sharded.activations == replicated.activations and sharded.logits == replicated.logits
+        # gathered for the forward and backward: the other ranks' share, and gradients on their way
+        gathered = 4 * (new - local) + int(memory_plan.FSDP_GRADIENT_UNITS * 4 * shape.layer_params)
+        assert sharded.phases['backward start'] == replicated.phases['backward start'] + gathered
+        peaks.append(sharded.peak)
+    assert replicated.peak > peaks[0] > peaks[1] > peaks[2]
+
+
+def test_the_plan_per_rank_on_the_command_line(capsys):
+    out = run_cli(['audiocraft-ext', 'plan', '--base', 'small', '--batch-size', '8', '--ranks', '--gpu-memory', '24'],
+                  capsys)
+    assert out.startswith(run_cli(['audiocraft-ext', 'plan', '--base', 'small', '--batch-size', '8', '--gpu-memory',
+                                   '24'], capsys))  # the single-GPU plan, then the ranks
+    rows = re.findall(r'^(\d+) +([\d.]+) GiB +(-|[\d.]+ GiB) +([\d.]+) GiB +(-|[\d.]+ GiB) +(\d+) +(-|\d+)$', out, re.M)
+    assert [int(row[0]) for row in rows] == [1, 2, 4, 8], out
+    assert rows[0][2] == rows[0][4] == rows[0][6] == '-'
+    for ranks, replicated, sharded, *_ in rows[1:]:
+        assert float(sharded.split()[0]) == pytest.approx(float(replicated) / int(ranks), abs=0.01)
+    assert int(rows[-1][6]) >= int(rows[-1][5])  # sharding never fits a smaller batch
+    two = run_cli(['audiocraft-ext', 'plan', '--base', 'small', '--ranks', '2'], capsys)
+    assert [line.split()[0] for line in two.splitlines()[-1:]] == ['2']
+    assert cli.main(['plan', '--base', 'small', '--ranks', '2', '0']) == 2
+    assert capsys.readouterr().err == 'error: --ranks 2 0: give positive numbers of ranks (GPUs), e.g. --ranks 2 4.\n'
+
+
 # ---- the plan against measurement ----------------------------------------------------------------
 
 def test_predictions_are_within_15_percent_of_the_measured_peak_of_a_tiny_model(tmp_path, monkeypatch):

@@ -20,6 +20,11 @@ One step, as the solvers run it, holds:
 
     peak = resident + the largest of these phases
 
+On several ranks (`rank_plans`, `audiocraft-ext plan --ranks`) every rank holds that step's memory
+when the new layers are replicated (`fsdp.use=false`); sharded (`fsdp.use=true`,
+`sharded_extension_step`) their weights, gradients and AdamW state are 1/ranks per rank, gathered
+back whole for the forward and backward.
+
 Symbols: B examples, T = segment x frame rate frames, S = T + 1 positions (the delay pattern's
 first step), P prepended condition positions (melody), K codebooks of V codes, D model width, F
 feed-forward width, H heads, L base layers, N new layers, a bytes per activation (4 in float32, 2
@@ -449,6 +454,69 @@ def full_finetuning_step(shape: BaseShape, settings: Settings) -> StepMemory:
                       gradients=FLOAT32 * trainable, activations=activations, logits=logits, phases=phases)
 
 
+# Gradients in flight in a sharded backward (`sharded_extension_step`), in units of one new layer's
+# float32 gradient: that layer's whole gradient, the reduce-scatter's input copy and output, and the
+# next layer's gradient. 3.4 measured (torch's MemTracker, 2 CPU ranks, torch 2.9's fully_shard, a
+# 512-wide base of 12 layers and 4 new layers; the replicated step's peak was predicted exactly).
+FSDP_GRADIENT_UNITS = 3.5
+
+
+def sharded_extension_step(shape: BaseShape, settings: Settings, ranks: int) -> StepMemory:
+    """`extension_step` on each of `ranks` ranks with the new layers sharded (`fsdp.use=true`,
+    `solvers.sharding`): their weights, gradients and AdamW state are 1/W per rank between steps
+    (P_W = ceil(P / W) parameters of P); in the forward and backward each rank gathers the others'
+    share of the new layers, 4(P - P_W) bytes (`shard_grad_op`: gathered until the backward is done),
+    and `FSDP_GRADIENT_UNITS` layers' worth of float32 gradients are in flight in the backward. The
+    frozen base, text encoder and codec stay whole on every rank; `settings.batch_size` is per rank.
+    One rank is `extension_step` itself."""
+    step = extension_step(shape, settings)
+    if ranks == 1:
+        return step
+    new = settings.new_layers * shape.layer_params
+    local = math.ceil(new / ranks)
+    gathered = FLOAT32 * (new - local)
+    phases = dict(step.phases)
+    phases['backward start'] += gathered + int(FSDP_GRADIENT_UNITS * FLOAT32 * shape.layer_params)
+    if phases['recompute']:
+        phases['recompute'] += gathered
+    phases['optimizer step'] = _optimizer_phase(shape, settings, local, math.ceil(shape.dim * shape.ffn_dim / ranks))
+    return replace(step, weights=step.weights - FLOAT32 * (new - local), optimizer_state=2 * FLOAT32 * local,
+                   gradients=FLOAT32 * local, phases=phases)
+
+
+RANKS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """The extension's step on each rank of `ranks` ranks, the new layers replicated (`fsdp.use=false`:
+    every rank holds them whole, flashy averages their gradients) and sharded (`fsdp.use=true`; None for
+    one rank, which has nothing to shard with). `largest`: {'replicated': B, 'sharded': B}, the largest
+    batch per rank that fits the budget (empty without one)."""
+    ranks: int
+    replicated: StepMemory
+    sharded: tp.Optional[StepMemory]
+    largest: tp.Dict[str, int] = field(default_factory=dict)
+
+
+def rank_plans(shape: BaseShape, settings: Settings, ranks: tp.Sequence[int] = RANKS,
+               budget: tp.Optional[float] = None) -> tp.List[RankPlan]:
+    """Per-rank memory of the extension's step for each number of ranks (`settings.batch_size` per rank)."""
+    plans = []
+    for count in ranks:
+        if count < 1:
+            raise ValueError(f"ranks={count}: use a positive number of ranks.")
+        sharded = sharded_extension_step(shape, settings, count) if count > 1 else None
+        largest = {}
+        if budget is not None:
+            largest['replicated'] = largest_batch(extension_step, shape, settings, budget)
+            if count > 1:
+                largest['sharded'] = largest_batch(lambda shape_, settings_: sharded_extension_step(
+                    shape_, settings_, count), shape, settings, budget)
+        plans.append(RankPlan(count, extension_step(shape, settings), sharded, largest))
+    return plans
+
+
 # ---------------------------------------------------------------------------------------------
 # Compute
 
@@ -742,3 +810,29 @@ def format_plan(plan: Plan) -> str:
             lines.append("  (steps of gradient accumulation x batch; the solvers do not accumulate gradients: run that "
                          "many ranks, dataset.batch_size being the global batch split across them)")
     return '\n'.join(lines)
+
+
+def format_rank_plans(plans: tp.Sequence[RankPlan], settings: Settings) -> str:
+    """`rank_plans` as a table: per rank, the new layers' weights + gradients + AdamW state and the
+    step's peak, replicated and sharded (and with a budget the largest batch per rank that fits)."""
+    lines = [f"Per rank (GPU), batch {settings.batch_size} per rank: the new layers replicated (fsdp.use=false) or "
+             "sharded (fsdp.use=true:",
+             "their weights, gradients and AdamW state 1/ranks per rank); the frozen base, text encoder and codec "
+             "whole on every rank",
+             f"{'':<6}{'new layers: weights + grads + AdamW':>40}{'peak, predicted':>30}",
+             f"{'ranks':<6}{'replicated':>20}{'sharded':>20}{'replicated':>15}{'sharded':>15}"]
+    budget = any(plan.largest for plan in plans)
+    if budget:
+        lines[-2] += f"{'largest batch per rank':>30}"
+        lines[-1] += f"{'replicated':>15}{'sharded':>15}"
+    for plan in plans:
+        # float32 weights and gradients, 4 bytes each per parameter a rank holds, + AdamW's two moments
+        state = [size_text(2 * step.gradients + step.optimizer_state) if step is not None else '-'
+                 for step in (plan.replicated, plan.sharded)]
+        peaks = [size_text(step.peak) if step is not None else '-' for step in (plan.replicated, plan.sharded)]
+        line = f"{plan.ranks:<6}{state[0]:>20}{state[1]:>20}{peaks[0]:>15}{peaks[1]:>15}"
+        if budget:
+            line += f"{plan.largest['replicated']:>15}{str(plan.largest.get('sharded', '-')):>15}"
+        lines.append(line)
+    return '\n'.join(lines)
+
