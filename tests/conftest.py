@@ -50,6 +50,25 @@ def _redirect_caches() -> Path:
 USER_ENVIRON = dict(os.environ)  # before the redirection: to find (read, never write) what setup made
 CACHE_ROOT = _redirect_caches()
 
+# Python bytecode of everything the session imports, written once under a folder of the session and
+# read by every later process: the xdist workers and each command a test starts. The locked venv
+# ships no .pyc and a shell may set PYTHONDONTWRITEBYTECODE, and then every process compiles torch,
+# AudioCraft and transformers from source again: about half of each command's 15 s import. Nothing
+# is written beside any source file. The controller makes the folder, under its cache root (removed
+# when the session ends, after the workers'); the workers, started after this, inherit it.
+PYCACHE_ENV = 'AUDIOCRAFT_EXT_TEST_PYCACHE'
+
+
+def _share_bytecode() -> None:
+    inherited = os.environ.get(PYCACHE_ENV) if os.environ.get('PYTEST_XDIST_WORKER') else None
+    folder = inherited if inherited and Path(inherited).is_dir() else str(CACHE_ROOT / 'pycache')
+    os.environ[PYCACHE_ENV] = os.environ['PYTHONPYCACHEPREFIX'] = sys.pycache_prefix = folder
+    os.environ.pop('PYTHONDONTWRITEBYTECODE', None)
+    sys.dont_write_bytecode = False
+
+
+_share_bytecode()
+
 # AudioCraft (and with it Hugging Face) only now, with the caches redirected.
 from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, offline_demucs, save_exported  # noqa: E402
 

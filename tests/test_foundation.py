@@ -1,6 +1,7 @@
 """The ground the rest stands on: audio I/O through the pinned stack, a light package import,
 and the `audiocraft-ext` command."""
 import math
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -56,16 +57,19 @@ def test_audiocraft_audio_write_roundtrip(tmp_path):
         torch.testing.assert_close(back, wav, atol=PCM16_ATOL, rtol=0)
 
 
-def _run_python(code: str) -> subprocess.CompletedProcess:
+def _run_python(code: str, pycache: Path) -> subprocess.CompletedProcess:
+    """`python -W default -c code`, every module compiled from source (the session's bytecode cache,
+    conftest.py, would hide the warnings that compiling a source emits) into the empty `pycache`."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(pycache))
     return subprocess.run([sys.executable, '-W', 'default', '-c', code],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.mark.parametrize('module', ['audiocraft_ext', 'audiocraft_ext.cli'])
-def test_import_is_light_and_quiet(module):
+def test_import_is_light_and_quiet(module, tmp_path):
     proc = _run_python(
         f"import sys, {module}\n"
-        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n")
+        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n", tmp_path / 'pycache')
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == '[]', f"`import {module}` pulled in {proc.stdout.strip()}"
     assert proc.stderr == '', f"`import {module}` wrote to stderr:\n{proc.stderr}"
