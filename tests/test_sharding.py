@@ -9,6 +9,7 @@ import time
 import traceback
 import typing as tp
 
+from omegaconf import ListConfig
 import pytest
 import torch
 import torch.distributed as dist
@@ -111,12 +112,13 @@ def _frozen(lm: ExtendedLMModel) -> tp.Dict[str, torch.Tensor]:
 def _sharded_training(rank: int, folder: Path) -> tp.Dict[str, tp.Any]:
     from audiocraft.optim.ema import ModuleDictEMA
     from audiocraft.solvers import base as audiocraft_base
-    out: tp.Dict[str, tp.Any] = {}
+    out: tp.Dict[str, tp.Any] = {'folder': str(folder)}
     twin_base, twin = _build()
     base, lm = _build()
     out['base_logits'] = _logits(lm, base)
     sharding.wrap_extension(lm)
-    optimizer = torch.optim.AdamW(lm.trainable_parameters(), lr=LR)  # built from the sharded parameters
+    # Built from the sharded parameters; betas an OmegaConf list, as AudioCraft's `get_optimizer` passes them.
+    optimizer = torch.optim.AdamW(lm.trainable_parameters(), lr=LR, betas=ListConfig([0.9, 0.999]))
     twin_optimizer = torch.optim.AdamW(twin.trainable_parameters(), lr=LR)
     in_proj = dict(lm.extension.named_parameters())['layers.0.self_attn.in_proj_weight']
     out['in_proj_shapes'] = (tuple(in_proj.shape), tuple(in_proj.to_local().shape))
@@ -126,6 +128,8 @@ def _sharded_training(rank: int, folder: Path) -> tp.Dict[str, tp.Any]:
         codes, attributes = _batch(lm, base, 5)
         extended, base_logits = lm.compute_predictions_with_base(codes, attributes)
     out['step0_with_base'] = (extended.logits.nan_to_num(), base_logits.nan_to_num())
+    # What StandardSolver.run asks before the first step: no optimizer state yet, and none made.
+    out['optimizer_before_training'] = sharding.OptimizerState(lm, optimizer).state_dict()
     frozen = _frozen(lm)
     _logits(lm, base)  # the layers gathered, as after validation: hashing, EMA and loads must cope
     out['model_hash'] = audiocraft_base.model_hash(lm)  # what StandardSolver logs
@@ -151,7 +155,7 @@ def _sharded_training(rank: int, folder: Path) -> tp.Dict[str, tp.Any]:
     out['after_swap_logits'] = _logits(lm, base)
     # A checkpoint (AudioCraft's fsdp layout: one file per rank) resumes: same weights, same steps after.
     path = folder / f'checkpoint.th.{rank}'
-    torch.save({'model': sharding.full_state_dict(lm), 'optimizer': optimizer.state_dict(),
+    torch.save({'model': sharding.full_state_dict(lm), 'optimizer': sharding.OptimizerState(lm, optimizer).state_dict(),
                 'ema': {'state': {'model': dict(ema.state_dict()['state']['model'])}, 'count': ema.count}}, path)
     state = torch.load(path, weights_only=True)
     resumed_base, resumed = _build(seed=1)  # other initial weights: the load must replace them
@@ -159,7 +163,7 @@ def _sharded_training(rank: int, folder: Path) -> tp.Dict[str, tp.Any]:
     resumed_optimizer = torch.optim.AdamW(resumed.trainable_parameters(), lr=LR)
     _logits(resumed, resumed_base)  # gathered layers must not hide what is loaded
     sharding.load_state_dict(resumed, state['model'], str(path))
-    resumed_optimizer.load_state_dict(state['optimizer'])
+    sharding.OptimizerState(resumed, resumed_optimizer).load_state_dict(state['optimizer'])
     out['resumed_logits'] = (_logits(lm, base), _logits(resumed, resumed_base))
     out['after_resume'] = [(_train_step(lm, base, optimizer, step),
                             _train_step(resumed, resumed_base, resumed_optimizer, step))
@@ -186,6 +190,11 @@ def _sharded_training(rank: int, folder: Path) -> tp.Dict[str, tp.Any]:
         except IntegrityError as error:
             out['errors'].append(str(error))
     out['after_errors_logits'] = _logits(lm, base)
+    # Gathered, the new layers run on one rank alone (as rank 0 generates the replay set).
+    sharding.reshard(lm)
+    sharding.gather(lm)
+    out['alone_logits'] = _logits(lm, base) if rank == 0 else None
+    dist.barrier()
     return out
 
 
@@ -207,6 +216,7 @@ def test_new_layers_are_sharded_and_step_0_is_the_base(ranks):
         extended, base = out['step0_with_base']
         assert torch.equal(extended, base)
         assert isinstance(out['model_hash'], str)
+        assert out['optimizer_before_training'] == {}
 
 
 def test_sharded_training_matches_the_unsharded_twin_and_changes_only_new_layers(ranks):
@@ -237,6 +247,14 @@ def test_ema_of_the_shards_is_the_unsharded_ema_and_swaps_back(ranks):
 
 
 def test_a_checkpoint_of_the_sharded_run_resumes_and_exports_as_an_unsharded_model(ranks):
+    folder = Path(ranks[0]['folder'])
+    # Read here, in a process outside the run (as an export reads it): plain tensors and containers only.
+    rank0 = torch.load(folder / 'checkpoint.th.0', weights_only=True)
+    assert rank0['model'].keys() == ranks[0]['twin'].keys()
+    assert {type(value) for value in rank0['optimizer']['state'].values()} == {dict}
+    assert all(type(tensor) is torch.Tensor for entry in rank0['optimizer']['state'].values()
+               for tensor in entry.values())
+    assert torch.load(folder / 'checkpoint.th.1', weights_only=True)['optimizer'] == {}
     for out in ranks:
         torch.testing.assert_close(*out['resumed_logits'], atol=0, rtol=0)
         assert [a for a, _ in out['after_resume']] == [b for _, b in out['after_resume']]
@@ -255,6 +273,10 @@ def test_damaged_states_are_refused_on_every_rank_and_change_nothing(ranks):
                                "(missing: layers.0.linear1.weight)")
         assert local.startswith("a damaged local state is not this rank's shard of the new layers")
         torch.testing.assert_close(out['after_errors_logits'], out['exported_logits'][0], atol=0, rtol=0)
+
+
+def test_gathered_new_layers_run_on_one_rank_alone(ranks):
+    torch.testing.assert_close(ranks[0]['alone_logits'], ranks[0]['exported_logits'][0], atol=0, rtol=0)
 
 
 # ---- the config check (no process group) --------------------------------------------------------

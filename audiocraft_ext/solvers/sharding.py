@@ -27,8 +27,13 @@ unsharded run.
 Checkpoints (AudioCraft's `fsdp.use` layout: every rank writes `checkpoint.th.RANK`): the `model`
 entry is the new layers' full state dict, gathered on rank 0 (`full_state_dict`), with the keys and
 shapes of an unsharded run's, so `checkpoint.th` exports as an unsharded run's does; other ranks
-write an empty dict. The optimizer and EMA entries hold each rank's shard: a sharded run resumes
-with the same number of ranks.
+write an empty dict. The optimizer entry is gathered on rank 0 the same way (`OptimizerState`); the
+EMA entry holds each rank's shard: a sharded run resumes with the same number of ranks. No entry
+holds a `DTensor`.
+
+A forward without backward leaves the new layers gathered; `reshard` frees them (every load and
+state dict here does it first) and `gather` gathers them on purpose, before stages where ranks run
+forwards alone or unevenly (rank 0 generating the replay set, evaluation, generation).
 
 Every function that gathers or scatters is collective: call it on every rank, in the same order.
 """
@@ -38,10 +43,12 @@ import typing as tp
 from audiocraft.modules.transformer import StreamingTransformerLayer
 from audiocraft.solvers import base as audiocraft_base
 import flashy
+from omegaconf import DictConfig, ListConfig, OmegaConf
 import torch
 from torch import nn
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
@@ -160,6 +167,15 @@ def reshard(lm: tp.Any) -> None:
             module.reshard()
 
 
+def gather(lm: tp.Any) -> None:
+    """Gather the new layers whole on every rank, as they stay until `reshard` or a backward.
+    Collective: call it on every rank before a stage whose forwards some ranks may run alone or more
+    often than others (evaluation, generation), which then need no communication."""
+    for module in lm.extension.modules():
+        if isinstance(module, FSDPModule):
+            module.unshard()
+
+
 def full_state_dict(lm: tp.Any) -> tp.Dict[str, torch.Tensor]:
     """The new layers' full state dict on rank 0 (CPU tensors, keys and shapes of an unsharded
     `lm.extension_state_dict()`); an empty dict on the other ranks. Collective."""
@@ -229,6 +245,35 @@ def _load_local(lm: tp.Any, state: tp.Mapping[str, torch.Tensor], source: str) -
                              "written by a run with another number of ranks or another extension.")
     for name, tensor in tensors.items():
         tensor.copy_(state[LOCAL_PREFIX + name])
+
+
+class OptimizerState:
+    """The optimizer's entry of the solver state (a flashy StateDictSource) when the new layers are
+    sharded: on rank 0 the whole optimizer state, gathered (torch's `get_optimizer_state_dict`: plain
+    CPU tensors, keyed by parameter name), {} on the other ranks; loaded back from rank 0's broadcast.
+    So no checkpoint holds a `DTensor`, which only a process of the same sharded run could read, and
+    rank 0's `checkpoint.th` reads like an unsharded run's. Both methods are collective."""
+    def __init__(self, lm: tp.Any, optimizer: torch.optim.Optimizer):
+        self.lm, self.optimizer = lm, optimizer
+        for group in optimizer.param_groups:  # AudioCraft passes e.g. `betas` as an OmegaConf list, which
+            for key, value in group.items():  # torch's state-dict functions cannot copy: made plain
+                if isinstance(value, (DictConfig, ListConfig)):
+                    group[key] = OmegaConf.to_container(value, resolve=True)
+
+    def state_dict(self) -> tp.Dict[str, tp.Any]:
+        if not self.optimizer.state:  # before the first step: nothing to gather (torch's function would
+            return {}                 # take a step of zero gradients to make a state, shifting AdamW's count)
+        reshard(self.lm)
+        state = get_optimizer_state_dict(self.lm.extension, self.optimizer,
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if dist.get_rank() == 0 else {}
+
+    def load_state_dict(self, state: tp.Mapping[str, tp.Any]) -> None:
+        if not _broadcast_object(bool(state) if dist.get_rank() == 0 else None):
+            return  # saved before the first step
+        reshard(self.lm)
+        set_optimizer_state_dict(self.lm.extension, self.optimizer, dict(state) if dist.get_rank() == 0 else {},
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 class ShardView(nn.Module):
