@@ -155,6 +155,12 @@ def test_sharding_divides_the_new_layers_state_by_the_ranks_and_leaves_the_rest_
     assert replicated.peak > peaks[0] > peaks[1] > peaks[2]
 
 
+def test_a_number_of_ranks_below_1_is_refused():
+    with pytest.raises(ValueError) as error:
+        memory_plan.rank_plans(memory_plan.PUBLISHED['facebook/musicgen-small'], memory_plan.Settings(), [2, 0])
+    assert str(error.value) == 'ranks=0: use a positive number of ranks.'
+
+
 def test_the_plan_per_rank_on_the_command_line(capsys):
     out = run_cli(['audiocraft-ext', 'plan', '--base', 'small', '--batch-size', '8', '--ranks', '--gpu-memory', '24'],
                   capsys)

@@ -117,8 +117,7 @@ def wrap_extension(lm: tp.Any, per_block: bool = True) -> nn.Module:
     Returns:
         the extension.
     """
-    if is_sharded(lm):
-        raise RuntimeError("The new layers are already sharded.")
+    assert not is_sharded(lm), "the new layers are already sharded"
     _hash_shards_in_audiocraft_logs()
     extension = lm.extension
     flashy.distrib.broadcast_tensors(extension.state_dict().values())
@@ -148,9 +147,7 @@ def _hash_shards_in_audiocraft_logs() -> None:
     restore; AudioCraft's `model_hash` calls `.numpy()`, which `DTensor`s refuse. The name it calls
     is `audiocraft.solvers.base.model_hash`: it becomes `model_hash` above (same hash for plain
     tensors)."""
-    if not hasattr(audiocraft_base, 'model_hash'):
-        raise RuntimeError("audiocraft.solvers.base no longer has model_hash: this AudioCraft version is not "
-                           "supported with fsdp.use=true.")
+    assert hasattr(audiocraft_base, 'model_hash'), "AudioCraft 1.3.0's solvers.base.model_hash moved"
     audiocraft_base.model_hash = model_hash
 
 
