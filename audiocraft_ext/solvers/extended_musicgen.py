@@ -47,7 +47,7 @@ from ..models.audiocraft_internals import (DIVERGED_MESSAGE, check_on_continue, 
 from ..models.extended_lm import ExtendedLMModel
 from ..models.extended_musicgen import load_base
 from ..models.extension_config import ExtensionConfig, checked
-from . import xp_checkpoints
+from . import sharding, xp_checkpoints
 from .device import needs_resolution, resolve_device
 from .config_checks import check_generate_durations
 from .memory_check import check_memory_plan
@@ -68,10 +68,15 @@ class ExtensionStateSource:
         self.lm = lm
 
     def state_dict(self) -> tp.Dict[str, torch.Tensor]:
+        if sharding.is_sharded(self.lm):  # gathered on rank 0 (others: {}), as an unsharded run's
+            return sharding.full_state_dict(self.lm)
         return self.lm.extension_state_dict()
 
     def load_state_dict(self, state: tp.Mapping[str, torch.Tensor]) -> None:
         # Checkpoints of other solvers are refused when read (`xp_checkpoints.load_checkpoint`).
+        if sharding.is_sharded(self.lm):  # rank 0's full state broadcast, or a rank's EMA shard
+            sharding.load_state_dict(self.lm, state, 'the checkpoint')
+            return
         self.lm.load_extension_state_dict(state)
 
 
@@ -124,6 +129,7 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         if needs_resolution(cfg):  # `device: auto` before MusicGenSolver reads cfg.device
             logging.getLogger(__name__).info(resolve_device(cfg))
         self.forgetting_config = ForgettingConfig.from_cfg(cfg)
+        sharding.check_fsdp_config(cfg)  # fsdp.* refused before any data or model is loaded
         if cfg.cache.path and not cfg.cache.write:
             raise NotImplementedError(
                 "Training from a token cache (cache.path without cache.write) does not work with AudioCraft "
@@ -218,10 +224,6 @@ class ExtendedMusicGenSolver(MusicGenSolver):
 
     def build_model(self) -> None:
         """Frozen base + new layers; optimizer, EMA and schedule over the new layers only."""
-        if self.cfg.fsdp.use:
-            raise ValueError("fsdp.use=true is not supported by ExtendedMusicGenSolver: the frozen base is "
-                             "replicated and only the new layers train, synchronised by flashy as in "
-                             "AudioCraft's default (non-FSDP) distributed training. Set fsdp.use=false.")
         base = self._load_base()
         self.compression_model = base.compression_model.to(self.device).eval()
         lm = base.lm
@@ -248,12 +250,17 @@ class ExtendedMusicGenSolver(MusicGenSolver):
             raise ValueError(f"extended_model.layer_overrides={overrides!r} do not fit the base "
                              f"{self.base_reference}: {error}") from None
         self._store_base(extended.get('base_dtype'))
+        if self.cfg.fsdp.use:  # the new layers sharded across ranks (solvers.sharding); the base replicated
+            sharding.wrap_extension(self.model, per_block=bool(self.cfg.fsdp.per_block))
+            # MusicGenSolver.run_step clips with `self.model.clip_grad_norm_` when fsdp.use
+            self.model.clip_grad_norm_ = functools.partial(sharding.clip_grad_norm_, self.model)
         trainable, total = self.model.parameter_counts()
         self.logger.info("Base: %d layers (frozen); new layers: %d; trainable params: %s of %s (%.2f%%)",
                          self.model.num_base_layers, self.model.num_additional_layers, f"{trainable:,}",
                          f"{total:,}", 100 * trainable / total)
         # EMA over the new layers only: its state swaps into the `model` entry below.
-        set_ema_source(self, 'model', self.model.extension)
+        set_ema_source(self, 'model', sharding.ema_source(self.model) if self.cfg.fsdp.use else
+                       self.model.extension)
         self.optimizer = builders.get_optimizer(self.trainable_parameter_groups(), self.cfg.optim)
         # A NaN/inf loss or gradient stops the step before the optimizer changes any weight.
         self.optimizer.register_step_pre_hook(self._check_finite_step)
@@ -264,7 +271,11 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         self._use_feature_cache()
         self.stateful.register('model', ExtensionStateSource(self.model))
         self.stateful.register('base_model', BaseModelSource(self))
-        self.register_stateful('optimizer', 'lr_scheduler')
+        if self.cfg.fsdp.use:  # gathered on rank 0: no checkpoint holds a DTensor
+            self.stateful.register('optimizer', sharding.OptimizerState(self.model, self.optimizer))
+            self.register_stateful('lr_scheduler')
+        else:
+            self.register_stateful('optimizer', 'lr_scheduler')
         self.register_best_state('model')
         # `base_model` is checked when continuing from another run's best state as well.
         check_on_continue(self, 'base_model')
@@ -453,10 +464,18 @@ class ExtendedMusicGenSolver(MusicGenSolver):
         """The solver state with plain containers only, loadable with `torch.load(weights_only=True)`."""
         return plain_state(super().state_dict())
 
+    def run_stage(self, stage_name: str, method: tp.Callable, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if sharding.is_sharded(self.model) and stage_name == 'train':
+            sharding.reshard(self.model)
+        elif sharding.is_sharded(self.model):  # every rank, before stages where ranks run forwards unevenly
+            sharding.gather(self.model)
+        return super().run_stage(stage_name, method, *args, **kwargs)
+
     def save_checkpoints(self) -> None:
-        # Every rank logs the hash of its new layers: they must agree across ranks.
-        self.logger.info("Extension hash (rank %d): %s", flashy.distrib.rank(),
-                         weights_hash(self.model.extension_state_dict()))
+        # Every rank logs the hash of its new layers: they must agree across ranks (sharded: rank 0's, gathered).
+        state = ExtensionStateSource(self.model).state_dict()
+        if state:
+            self.logger.info("Extension hash (rank %d): %s", flashy.distrib.rank(), weights_hash(state))
         with self._checkpoint_io():
             super().save_checkpoints()
 

@@ -14,6 +14,7 @@ import socket
 import typing as tp
 
 import filelock
+import flashy
 
 from ..io.atomic import atomic_torch_save, atomic_write_text
 
@@ -85,6 +86,8 @@ def remove_stale_temporaries(folder: tp.Union[str, Path]) -> tp.List[Path]:
 
 
 def save_checkpoint_atomically(state: tp.Any, checkpoint_path: Path, is_sharded: bool = False) -> None:
-    """Drop-in for `audiocraft.utils.checkpoint._safe_save_checkpoint` (non-sharded: FSDP is refused)."""
-    assert not is_sharded, "ExtendedMusicGenSolver never shards checkpoints"
+    """Drop-in for `audiocraft.utils.checkpoint._safe_save_checkpoint`; sharded (fsdp.use), every rank
+    writes its own `checkpoint.th.RANK` and waits for the others."""
     atomic_torch_save(state, checkpoint_path)
+    if is_sharded:
+        flashy.distrib.barrier()

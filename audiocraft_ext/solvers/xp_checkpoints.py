@@ -14,9 +14,9 @@ from ..io.torch_files import read_torch_file
 
 
 def load_checkpoint(checkpoint_path: Path, is_sharded: bool = False) -> tp.Any:
-    """`audiocraft.utils.checkpoint.load_checkpoint` that never unpickles code (FSDP shards are refused anyway),
-    and refuses a checkpoint of another solver (e.g. `continue_from` a MusicGen's) before AudioCraft reads it."""
-    assert not is_sharded, "ExtendedMusicGenSolver never shards checkpoints"
+    """`audiocraft.utils.checkpoint.load_checkpoint` that never unpickles code (with fsdp.use, this rank's
+    `checkpoint.th.RANK`), and refuses a checkpoint of another solver (e.g. `continue_from` a MusicGen's)
+    before AudioCraft reads it."""
     state = read_torch_file(checkpoint_path, 'training checkpoint')
     if not is_solver_checkpoint(state):
         raise CheckpointError(f"{checkpoint_path} is not a checkpoint of ExtendedMusicGenSolver (no base_model entry): "
