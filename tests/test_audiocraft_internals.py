@@ -3,6 +3,8 @@ expects them. An AudioCraft upgrade that moves one fails here, naming it, instea
 training run halfway."""
 import inspect
 
+import torch
+
 from audiocraft.models import musicgen
 from audiocraft.models.lm import LMModel
 from audiocraft.modules import conditioners, streaming
@@ -55,3 +57,16 @@ def test_solver_attributes_and_messages():
     assert 'self._continue_best_source_keys' in _source(base.StandardSolver.load_checkpoints)
     assert 'get_ema(self._ema_sources' in _source(base.StandardSolver)
     assert audiocraft_internals.DIVERGED_MESSAGE in _source(musicgen_solver.MusicGenSolver.run_step)
+
+
+def test_the_solver_logs_hashes_through_a_module_level_model_hash():
+    """`hash_local_shards_in_solver_logs` replaces `audiocraft.solvers.base.model_hash`; the hash it
+    puts there is AudioCraft's for plain tensors."""
+    model = torch.nn.Linear(3, 2)
+    original = base.model_hash
+    assert 'model_hash(self.model)' in _source(base.StandardSolver)
+    try:
+        audiocraft_internals.hash_local_shards_in_solver_logs()
+        assert base.model_hash is not original and base.model_hash(model) == original(model)
+    finally:
+        base.model_hash = original

@@ -6,7 +6,10 @@ tests/test_audiocraft_internals.py fails loudly, naming the member, if an AudioC
 moves one.
 """
 from contextlib import contextmanager
+import hashlib
 import typing as tp
+
+import torch
 
 from audiocraft.models.lm import LMModel
 from audiocraft.modules.streaming import StreamingModule
@@ -71,3 +74,25 @@ def euclidean_codebook(layer: tp.Any) -> tp.Any:
     """The `EuclideanCodebook` of one `VectorQuantization` layer of an RVQ (its buffers `embed`,
     `embed_avg`, `cluster_size` are what a k-means refit of the codebooks writes)."""
     return layer._codebook
+
+
+def _local_model_hash(model: torch.nn.Module) -> str:
+    """AudioCraft's `model_hash` (sha1 of every parameter's bytes), taking each `DTensor`'s local shard
+    and copying each tensor first: numpy would pin the storage of gathered sharded layers, which FSDP
+    must free."""
+    from torch.distributed.tensor import DTensor
+    hasher = hashlib.sha1()
+    for param in model.parameters():
+        tensor = param.to_local() if isinstance(param, DTensor) else param
+        hasher.update(tensor.detach().to('cpu', copy=True).numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def hash_local_shards_in_solver_logs() -> None:
+    """`StandardSolver` logs `model_hash(self.model)` after `build_model`, on each checkpoint and on
+    restore; AudioCraft's `model_hash` calls `.numpy()`, which the `DTensor`s of sharded new layers
+    (`fsdp.use`) refuse. The name it calls, `audiocraft.solvers.base.model_hash`, becomes
+    `_local_model_hash` (the same hash for plain tensors). No hook exists for it."""
+    from audiocraft.solvers import base as audiocraft_solver_base  # the solvers, imported only when training
+    assert hasattr(audiocraft_solver_base, 'model_hash'), "AudioCraft 1.3.0's solvers.base.model_hash moved"
+    audiocraft_solver_base.model_hash = _local_model_hash

@@ -37,11 +37,9 @@ forwards alone or unevenly (rank 0 generating the replay set, evaluation, genera
 
 Every function that gathers or scatters is collective: call it on every rank, in the same order.
 """
-import hashlib
 import typing as tp
 
 from audiocraft.modules.transformer import StreamingTransformerLayer
-from audiocraft.solvers import base as audiocraft_base
 import flashy
 from omegaconf import DictConfig, ListConfig, OmegaConf
 import torch
@@ -54,6 +52,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..io.errors import IntegrityError
+from ..models.audiocraft_internals import hash_local_shards_in_solver_logs
 
 # The prefix of the keys of a rank's own shard (what the EMA holds, `ShardView`): `load_state_dict`
 # tells such a state from a full state dict by it.
@@ -118,7 +117,7 @@ def wrap_extension(lm: tp.Any, per_block: bool = True) -> nn.Module:
         the extension.
     """
     assert not is_sharded(lm), "the new layers are already sharded"
-    _hash_shards_in_audiocraft_logs()
+    hash_local_shards_in_solver_logs()
     extension = lm.extension
     flashy.distrib.broadcast_tensors(extension.state_dict().values())
     device = next(extension.parameters()).device
@@ -129,26 +128,6 @@ def wrap_extension(lm: tp.Any, per_block: bool = True) -> nn.Module:
                 fully_shard(layer, mesh=mesh, reshard_after_forward=False)
     fully_shard(extension, mesh=mesh, reshard_after_forward=False)
     return extension
-
-
-def model_hash(model: nn.Module) -> str:
-    """AudioCraft's `model_hash` (sha1 of every parameter's bytes), taking each `DTensor`'s local
-    shard, and copying each tensor first: numpy would pin the storage of gathered new layers, which
-    FSDP must free (`reshard`)."""
-    hasher = hashlib.sha1()
-    for param in model.parameters():
-        tensor = param.to_local() if isinstance(param, DTensor) else param
-        hasher.update(tensor.detach().to('cpu', copy=True).numpy().tobytes())
-    return hasher.hexdigest()
-
-
-def _hash_shards_in_audiocraft_logs() -> None:
-    """`StandardSolver` logs `model_hash(self.model)` after `build_model`, on each checkpoint and on
-    restore; AudioCraft's `model_hash` calls `.numpy()`, which `DTensor`s refuse. The name it calls
-    is `audiocraft.solvers.base.model_hash`: it becomes `model_hash` above (same hash for plain
-    tensors)."""
-    assert hasattr(audiocraft_base, 'model_hash'), "AudioCraft 1.3.0's solvers.base.model_hash moved"
-    audiocraft_base.model_hash = model_hash
 
 
 def is_sharded(lm: tp.Any) -> bool:
