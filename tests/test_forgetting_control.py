@@ -16,8 +16,9 @@ from audiocraft_ext.data.replay_set import (DEFAULT_PROMPTS, GenerationSettings,
 from audiocraft_ext.io.hashing import weights_hash
 from audiocraft_ext.models.tiny import build_tiny_musicgen
 from audiocraft_ext.models.feature_cache import BaseFeatureCache
-from audiocraft_ext.solvers.forgetting import (BaseGenerations, ForgettingConfig, ForgettingControl, GeneratedReplay,
-                                               ManifestReplay, build_forgetting_control, replay_predict, replay_size)
+from audiocraft_ext.solvers.forgetting import (ForgettingConfig, ForgettingControl, GeneratedReplay, ManifestReplay,
+                                               base_generations, build_forgetting_control, replay_predict,
+                                               replay_size)
 
 
 pytestmark = pytest.mark.usefixtures('single_thread_torch')
@@ -262,8 +263,8 @@ def _build(config: ForgettingConfig, caplog):
     lm = ExtendedLMModel(base.lm, 1).train()
     logger = logging.getLogger('replay_cache_test')
     frame_rate = FRAMES / config.duration  # FRAMES codes per generation
-    generations = BaseGenerations(config, lm, weights_hash(base.lm.state_dict()), 16000, frame_rate, nullcontext,
-                                  logger.info)
+    generations = base_generations(config, lm, weights_hash(base.lm.state_dict()), 16000, frame_rate, nullcontext,
+                                   logger.info)
     with caplog.at_level('INFO', logger='replay_cache_test'):
         control = build_forgetting_control(config, lm, generations, loader=lambda size: [],
                                            prepare=lambda batch: batch, cross_entropy=_musicgen_ce, batch_size=2,
