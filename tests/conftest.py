@@ -12,6 +12,8 @@ No test reads or writes the user's caches: before anything is imported, every ca
 test or its libraries use is pointed at a temporary folder of this process (environment variables,
 so the commands the tests run inherit them); see `CACHE_ENV` and `test_caches`.
 """
+from __future__ import annotations
+
 import hashlib
 from html.parser import HTMLParser
 import os
@@ -24,7 +26,9 @@ import tempfile
 import typing as tp
 
 import pytest
-import torch
+
+if tp.TYPE_CHECKING:
+    import torch
 
 # variable -> folder under the session's cache root. Set here, at the top, because some readers
 # take them once, at import: Hugging Face's HF_HOME, Dora's folder (`train.main.dora.dir`).
@@ -76,8 +80,10 @@ _share_bytecode()
 # and every command inherit it.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-# AudioCraft (and with it Hugging Face) only now, with the caches redirected.
-from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, offline_demucs, save_exported  # noqa: E402
+# torch and AudioCraft (and with it Hugging Face) are imported by the helpers and fixtures that use
+# them, after the caches were redirected, never at the top: xdist's controller process, which runs no
+# test, loads this file too, and both workers start only once it is loaded (importing AudioCraft there
+# held them back by about 20 s).
 
 FRAMES = 12  # time steps of random codes used for logits comparisons (0.24 s at 50 frames/s)
 
@@ -88,6 +94,7 @@ def _perturb_extension(lm, seed: int = 1, std: float = 0.05) -> None:
     New layers start with zero residual branches (identity); after this they change the logits.
     Noise is added (not drawn from scratch) so LayerNorm weights stay close to 1.
     """
+    import torch
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
         for parameter in lm.extension.parameters():
@@ -96,6 +103,7 @@ def _perturb_extension(lm, seed: int = 1, std: float = 0.05) -> None:
 
 def _melody_wav(sample_rate: int = 16000, seconds: float = 0.5, freq: float = 220.0) -> torch.Tensor:
     """A [1, T] sine, usable as a melody for the chroma conditioner."""
+    import torch
     t = torch.arange(int(seconds * sample_rate), dtype=torch.float32) / sample_rate
     return 0.5 * torch.sin(2 * torch.pi * freq * t)[None]
 
@@ -112,11 +120,13 @@ def _make_attributes(model, batch: int = 2):
 
 
 def _random_codes(lm, batch: int = 2, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
+    import torch
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, lm.card, (batch, lm.num_codebooks, frames), generator=generator)
 
 
 def _module_digest(module) -> str:
+    import torch
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -127,7 +137,6 @@ def _module_digest(module) -> str:
 _CONDITION_CACHE: tp.Dict[tp.Any, tp.Any] = {}
 
 
-@torch.no_grad()
 def _condition_tensors(model, batch: int = 2):
     """`model.lm`'s condition tensors for `_make_attributes(model, batch)`, as `LMModel.forward` computes
     them in eval mode (tokenize + condition provider).
@@ -137,6 +146,7 @@ def _condition_tensors(model, batch: int = 2):
     Python's `random` is seeded around the computation because demucs' `apply_model` draws a
     random time shift from it.
     """
+    import torch
     provider = model.lm.condition_provider
     key = (batch, 'self_wav' in provider.conditioners, _module_digest(provider))
     if key not in _CONDITION_CACHE:
@@ -144,28 +154,30 @@ def _condition_tensors(model, batch: int = 2):
         state = random.getstate()
         random.seed(0)
         try:
-            _CONDITION_CACHE[key] = provider(provider.tokenize(attributes))
+            with torch.no_grad():
+                _CONDITION_CACHE[key] = provider(provider.tokenize(attributes))
         finally:
             random.setstate(state)
     return _CONDITION_CACHE[key]
 
 
-@torch.no_grad()
 def _lm_logits(lm, conditions, codes: torch.Tensor) -> torch.Tensor:
     """`compute_predictions` logits in eval mode, invalid (NaN) positions set to 0 for comparisons.
 
     `conditions` is a list of `ConditioningAttributes` (the full path) or precomputed condition
     tensors (a dict, see `condition_tensors`).
     """
+    import torch
     was_training = lm.training
     lm.eval()
     state = random.getstate()
     random.seed(0)
     try:
-        if isinstance(conditions, dict):
-            out = lm.compute_predictions(codes, [], condition_tensors=conditions)
-        else:
-            out = lm.compute_predictions(codes, conditions)
+        with torch.no_grad():
+            if isinstance(conditions, dict):
+                out = lm.compute_predictions(codes, [], condition_tensors=conditions)
+            else:
+                out = lm.compute_predictions(codes, conditions)
     finally:
         random.setstate(state)
         lm.train(was_training)
@@ -181,6 +193,7 @@ def _train_extension(lm, base, steps: int) -> tp.List[float]:
     """`steps` AdamW steps (lr 1e-2, no weight decay: a tensor changes only if a gradient reaches
     it) of `lm`'s trainable parameters on seeded random codes with `base`'s conditions, in train
     mode; checks that no frozen parameter gets a gradient. Returns the losses."""
+    import torch
     lm.train()
     optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     torch.manual_seed(0)
@@ -207,6 +220,7 @@ def _file_digests(directory: Path) -> tp.Dict[str, str]:
 @pytest.fixture(scope='session')
 def exported_bases(tmp_path_factory) -> tp.Dict[str, Path]:
     """flavour -> a directory in AudioCraft's exported layout of the tiny base (seed 0). Read-only."""
+    from audiocraft_ext.models.tiny import FLAVOURS, build_tiny_musicgen, save_exported
     root = tmp_path_factory.mktemp('exported_bases')
     return {flavour: save_exported(build_tiny_musicgen(flavour, seed=0), root / flavour)
             for flavour in FLAVOURS}
@@ -215,12 +229,14 @@ def exported_bases(tmp_path_factory) -> tp.Dict[str, Path]:
 @pytest.fixture(scope='session')
 def other_text_base(tmp_path_factory) -> Path:
     """The tiny text base with another seed (different weights), exported. Read-only."""
+    from audiocraft_ext.models.tiny import build_tiny_musicgen, save_exported
     return save_exported(build_tiny_musicgen('text', seed=1), tmp_path_factory.mktemp('other_base'))
 
 
 @pytest.fixture
 def demucs_offline():
     """Use around anything that builds a melody model's chroma conditioner."""
+    from audiocraft_ext.models.tiny import offline_demucs
     with offline_demucs():
         yield
 
@@ -229,6 +245,7 @@ def demucs_offline():
 def single_thread_torch():
     """One intra-op thread for the module's tests: the tiny models' ops are far too small to gain
     from threads, and on a busy 2-core machine threads make them several times slower."""
+    import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -258,6 +275,29 @@ def egs(tmp_path_factory) -> Path:
 
 def pytest_unconfigure(config):
     shutil.rmtree(CACHE_ROOT, ignore_errors=True)
+
+
+# ---- the order in which `-n 2 --dist loadfile` hands out the test files ------------------------------
+# The longest files (`--durations` of a full run, per file, longest first), then every other file in
+# collection order. xdist gives each worker a file at a time in the order of the collection, so the
+# two long chains (the quick start and the rebuild of the base, about 2.5 and 2 minutes) start at
+# once, one on each worker, and the short files fill in around them; without this, xdist's default
+# order (most tests first) left the long files to the end, where one of them ran alone on one worker.
+# A file missing here or named in the wrong place only costs time.
+LONGEST_FILES = ('test_quickstart.py', 'test_pretrained.py', 'test_distributed.py', 'test_demo.py',
+                 'test_benchmarks.py', 'test_musicgen_compat.py', 'test_solver.py', 'test_evaluate.py',
+                 'test_reliability_interrupt.py', 'test_generate_command.py', 'test_gpu_run.py',
+                 'test_forgetting_control.py', 'test_original_commands.py', 'test_train_entry.py')
+
+
+def pytest_configure(config):
+    if hasattr(config.option, 'loadscopereorder'):  # xdist's reordering by number of tests: ours instead
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: index for index, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order kept
 
 
 @pytest.fixture(scope='session', autouse=True)
